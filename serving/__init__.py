@@ -1,0 +1,3 @@
+"""serving package (filled in by later issues)."""
+
+__all__: list[str] = []

@@ -1,0 +1,3 @@
+"""stream package (filled in by later issues)."""
+
+__all__: list[str] = []

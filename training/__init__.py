@@ -1,0 +1,3 @@
+"""training package (filled in by later issues)."""
+
+__all__: list[str] = []
