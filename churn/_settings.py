@@ -1,0 +1,47 @@
+"""Typed, frozen settings read at the edge (env prefix ``CHURN_``)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, ValidationError
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from features.errors import ConfigError
+
+LogLevel = Literal["debug", "info", "warning", "error"]
+
+
+class Settings(BaseSettings):
+    """Engine settings. Each field is read from ``CHURN_<NAME>`` (e.g. ``CHURN_DATA_DIR``)."""
+
+    model_config = SettingsConfigDict(env_prefix="CHURN_", frozen=True, extra="ignore")
+
+    data_dir: Path = Field(Path("data"), description="where generated data, models and stores go")
+    log_level: LogLevel = Field("info", description="log verbosity")
+
+    @classmethod
+    def from_environ(cls, environ: Mapping[str, str]) -> Settings:
+        """Settings from an explicit environment (tests pass their own)."""
+        values = {
+            name: environ[f"CHURN_{name.upper()}"]
+            for name in cls.model_fields
+            if f"CHURN_{name.upper()}" in environ
+        }
+        try:
+            return cls.model_validate(values)
+        except ValidationError as exc:
+            err = exc.errors()[0]
+            field = f"CHURN_{str(err['loc'][0]).upper()}"
+            allowed = err.get("ctx", {}).get("expected", err["msg"])
+            raise ConfigError(field, err.get("input"), str(allowed)) from exc
+
+
+def env_help() -> str:
+    """One line per setting, for ``--help``."""
+    return "\n".join(
+        f"  CHURN_{name.upper():<12} {f.description} (default: {f.default})"
+        for name, f in Settings.model_fields.items()
+    )
