@@ -4,12 +4,12 @@ Imports only :mod:`features` (for the event schema).
 """
 
 from simulator._config import SimConfig
-from simulator._output import DIRTY_KINDS, ParquetSink, Sink, log_arrow_schema
+from simulator._output import DIRTY_KINDS, ParquetDataset, Sink, log_arrow_schema
 from simulator._run import SimSummary, simulate, truth_dir_for, write_parquet
 
 __all__ = [
     "DIRTY_KINDS",
-    "ParquetSink",
+    "ParquetDataset",
     "SimConfig",
     "SimSummary",
     "Sink",

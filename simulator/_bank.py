@@ -128,11 +128,22 @@ PACK: Final[dict[int, tuple[str, ...]]] = {
 PACKED: Final = ("a", "b", "c")
 
 
+Cols = dict[str, npt.NDArray[Any]]
+DTYPES: Final[dict[str, type[np.generic]]] = {
+    "cust": np.int32,
+    "t": np.int64,
+    "amount": np.int64,
+    "a": np.int32,
+    "b": np.int32,
+    "c": np.int32,
+}
+
+
 class _Builder:
     """Accumulates events batch by batch in a few packed columns (see :data:`PACK`)."""
 
     def __init__(self) -> None:
-        self.batches: list[tuple[int, dict[str, npt.NDArray[np.int64]]]] = []
+        self.batches: list[tuple[int, Cols]] = []
 
     def add(
         self,
@@ -142,7 +153,7 @@ class _Builder:
         amount: npt.ArrayLike = 0,
         **attrs: npt.ArrayLike,
     ) -> None:
-        c = np.asarray(cust, dtype=np.int64)
+        c = np.asarray(cust, dtype=np.int32)
         if c.size == 0:
             return
         names = PACK[kind]
@@ -150,24 +161,24 @@ class _Builder:
             raise ValueError(
                 f"{TYPES[kind] if kind < len(TYPES) else kind}: {sorted(attrs)} != {names}"
             )
-        batch = {
+        batch: Cols = {
             "cust": c,
             "t": np.broadcast_to(np.asarray(t_us, dtype=np.int64), c.shape),
             "amount": np.broadcast_to(np.asarray(amount, dtype=np.int64), c.shape),
         }
         for slot, name in zip(PACKED, names, strict=False):
-            batch[slot] = np.broadcast_to(np.asarray(attrs[name], dtype=np.int64), c.shape)
+            batch[slot] = np.broadcast_to(np.asarray(attrs[name], dtype=np.int32), c.shape)
         self.batches.append((kind, batch))
 
-    def finish(self) -> dict[str, npt.NDArray[np.int64]]:
+    def finish(self) -> Cols:
         sizes = [b["cust"].size for _, b in self.batches]
-        out: dict[str, npt.NDArray[np.int64]] = {
-            "type": np.repeat(np.array([k for k, _ in self.batches], dtype=np.int64), sizes)
+        out: Cols = {
+            "type": np.repeat(np.array([k for k, _ in self.batches], dtype=np.int8), sizes)
         }
-        for name in ("cust", "t", "amount", *PACKED):
+        for name, dtype in DTYPES.items():
             out[name] = np.concatenate(
                 [
-                    b[name] if name in b else np.full(b["cust"].size, -1, np.int64)
+                    b[name] if name in b else np.full(b["cust"].size, -1, dtype)
                     for _, b in self.batches
                 ]
             )
@@ -179,7 +190,7 @@ class Chunk:
     """One chunk of simulated customers: their events (sorted) and ground truth."""
 
     first_customer: int
-    events: dict[str, npt.NDArray[np.int64]]
+    events: Cols
     customers: dict[str, npt.NDArray[Any]]
     hazard: npt.NDArray[np.float32]  # (customers, weeks) mean daily hazard
     disengagement: npt.NDArray[np.float32]  # (customers, weeks)
@@ -615,19 +626,21 @@ def simulate_chunk(cfg: SimConfig, chunk: int) -> Chunk:
 
     def draw(rate: npt.NDArray[np.floating]) -> tuple[I64, I64]:
         """Daily counts ~ Poisson(rate), for rates well below 1 (truncated at 3 a day)."""
-        lam = rate.astype(np.float32, copy=False)
+        lam = rate.astype(np.float32, copy=False).ravel()
         u = rng.random(lam.shape, dtype=np.float32)
         p0 = np.exp(-lam)
         c1 = p0 * (1 + lam)
         c2 = c1 + p0 * lam * lam * np.float32(0.5)
-        counts = (u > p0).view(np.int8) + (u > c1).view(np.int8) + (u > c2).view(np.int8)
-        flat = np.repeat(np.arange(counts.size, dtype=np.int64), counts.ravel())
+        # P(count >= k) thresholds; the k-th event of a day exists where u passes it
+        flat = np.concatenate(
+            [np.flatnonzero(u > p0), np.flatnonzero(u > c1), np.flatnonzero(u > c2)]
+        )
         return flat // n, flat % n
 
     # digital logins
     login_rate = (
-        (np.take(P.LOGIN_RATE, seg) * digital)[None, :]
-        * np.asarray(P.WEEKDAY_LOGIN)[wd][:, None]
+        _f32(np.take(P.LOGIN_RATE, seg) * digital)[None, :]
+        * _f32(np.asarray(P.WEEKDAY_LOGIN)[wd])[:, None]
         * (1 - 0.85 * d_hist)
         * alive_m
     )
@@ -642,7 +655,9 @@ def simulate_chunk(cfg: SimConfig, chunk: int) -> Chunk:
 
     # card payments
     card_rate_i = np.take(P.CARD_RATE, seg)
-    card_rate = card_rate_i[None, :] * spend_season[:, None] * (1 - 0.75 * d_hist) * alive_m
+    card_rate = (
+        _f32(card_rate_i)[None, :] * _f32(spend_season)[:, None] * (1 - 0.75 * d_hist) * alive_m
+    )
     ct, cc = draw(card_rate)
     del card_rate
     mcc = rng.choice(len(P.MERCHANT_CATEGORIES), cc.size, p=P.MERCHANT_SHARE)
@@ -662,7 +677,7 @@ def simulate_chunk(cfg: SimConfig, chunk: int) -> Chunk:
     np.add.at(contribution, (cc, month_idx[ct]), card_amount * P.INTERCHANGE)
 
     # cash
-    atm_rate = np.take(P.ATM_RATE, seg)[None, :] * (1 - 0.5 * d_hist) * alive_m
+    atm_rate = _f32(np.take(P.ATM_RATE, seg))[None, :] * (1 - 0.5 * d_hist) * alive_m
     at_, ac = draw(atm_rate)
     del atm_rate
     atm_amount = 100.0 * (
@@ -685,7 +700,7 @@ def simulate_chunk(cfg: SimConfig, chunk: int) -> Chunk:
     np.add.at(contribution, (ac[foreign], month_idx[at_[foreign]]), 4.0)
 
     # everyday transfers out (rent, bills, family) and in
-    tout_rate = np.take(P.TRANSFER_OUT_RATE, seg)[None, :] * (1 - 0.4 * d_hist) * alive_m
+    tout_rate = _f32(np.take(P.TRANSFER_OUT_RATE, seg))[None, :] * (1 - 0.4 * d_hist) * alive_m
     tt, tc = draw(tout_rate)
     del tout_rate
     tout_amount = (
@@ -707,7 +722,7 @@ def simulate_chunk(cfg: SimConfig, chunk: int) -> Chunk:
             [CH_MOBILE, CH_WEB, CH_BRANCH, CH_SO], tc.size, p=(0.55, 0.12, 0.05, 0.28)
         ),
     )
-    tin_rate = np.take(P.TRANSFER_IN_RATE, seg)[None, :] * (1 - 0.3 * d_hist) * alive_m
+    tin_rate = _f32(np.take(P.TRANSFER_IN_RATE, seg))[None, :] * (1 - 0.3 * d_hist) * alive_m
     it, ic = draw(tin_rate)
     del tin_rate
     tin_amount = (
@@ -729,7 +744,10 @@ def simulate_chunk(cfg: SimConfig, chunk: int) -> Chunk:
 
     # branch visits and spontaneous survey answers
     visit_rate = (
-        np.take(P.BRANCH_RATE, seg)[None, :] * (1 - 0.3 * d_hist) * alive_m * (wd < 6)[:, None]
+        _f32(np.take(P.BRANCH_RATE, seg))[None, :]
+        * (1 - 0.3 * d_hist)
+        * alive_m
+        * (wd < 6)[:, None]
     )
     vt, vc = draw(visit_rate)
     del visit_rate
@@ -740,7 +758,7 @@ def simulate_chunk(cfg: SimConfig, chunk: int) -> Chunk:
         branch=branch[vc],
         purpose=rng.choice(len(PURPOSES), vc.size, p=(0.3, 0.25, 0.3, 0.05, 0.1)),
     )
-    survey_rate = np.full(n, 0.0015)[None, :] * alive_m
+    survey_rate = np.full(n, 0.0015, np.float32)[None, :] * alive_m
     st, sc = draw(survey_rate)
     del survey_rate
     score = np.clip(np.round(8.3 - 7.5 * d_hist[st, sc] + rng.normal(0, 1.3, sc.size)), 0, 10)
@@ -781,40 +799,51 @@ def simulate_chunk(cfg: SimConfig, chunk: int) -> Chunk:
     )
 
 
+def _f32(values: npt.ArrayLike) -> npt.NDArray[np.float32]:
+    return np.asarray(values, dtype=np.float32)
+
+
 def _minor(amount: npt.ArrayLike) -> I64:
     """CNY (float) to minor units, at least 1."""
     return np.maximum(np.round(np.asarray(amount, np.float64) * 100.0), 1).astype(np.int64)
 
 
-def _finish(ev: _Builder, opening: I64, cutoff: I64) -> dict[str, npt.NDArray[np.int64]]:
+def _finish(ev: _Builder, opening: I64, cutoff: I64) -> Cols:
     """Sort by customer and time, settle closing transfers, compute balances and seq."""
     cols = ev.finish()
-    within = cols["t"] < cutoff[cols["cust"]]
-    cols = {k: v[within] for k, v in cols.items()}
-    # one int64 key: customer (high bits), then time in ms; a stable sort keeps the
-    # order of emission for events in the same millisecond
-    t_ms = cols["t"] // 1000
-    key = (cols["cust"] << 42) | (t_ms - t_ms.min())
-    order = np.argsort(key, kind="stable")
-    cols = {k: v[order] for k, v in cols.items()}
-    cust, kind = cols["cust"], cols["type"]
-    flow = SIGN[kind] * cols["amount"]
+    cust_all = cols["cust"].astype(np.int64)
+    # nothing after the cutoff; then one int64 key: customer (high bits), time in ms;
+    # a stable sort keeps the order of emission for events in the same millisecond
+    idx = np.nonzero(cols["t"] < cutoff[cust_all])[0]
+    t_ms = cols["t"][idx] // 1000
+    key = (cust_all[idx] << 42) | (t_ms - t_ms.min())
+    idx = idx[np.argsort(key, kind="stable")]
+    cust, kind, amount = cust_all[idx], cols["type"][idx], cols["amount"][idx]
+    flow = SIGN[kind] * amount
     start = np.r_[0, np.nonzero(np.diff(cust))[0] + 1]
     group = np.repeat(np.arange(start.size), np.diff(np.r_[start, cust.size]))
     cs = np.cumsum(flow)
     balance = opening[cust] + cs - np.r_[0, cs][start][group]
     settle = kind == T_SETTLE
+    keep = np.ones(idx.size, bool)
     if settle.any():
         before = balance[settle]  # the placeholder moves nothing: the balance before it
-        cols["amount"][settle] = np.abs(before)
+        amount[settle] = np.abs(before)
         kind[settle] = np.where(before >= 0, T_TOUT, T_TIN)
         flow[settle] = -before
         cs = np.cumsum(flow)
         balance = opening[cust] + cs - np.r_[0, cs][start][group]
-    keep = ~(settle & (cols["amount"] == 0))
-    cols["balance"] = balance
-    cols = {k: v[keep] for k, v in cols.items()}
-    start = np.r_[0, np.nonzero(np.diff(cols["cust"]))[0] + 1]
-    sizes = np.diff(np.r_[start, cols["cust"].size])
-    cols["seq"] = np.arange(cols["cust"].size) - np.repeat(start, sizes)
-    return cols
+        keep = ~(settle & (amount == 0))
+    out: Cols = {
+        "type": kind[keep],
+        "cust": cust[keep],
+        "amount": amount[keep],
+        "balance": balance[keep],
+    }
+    idx = idx[keep]
+    for name in ("t", "a", "b", "c"):
+        out[name] = cols[name][idx]
+    start = np.r_[0, np.nonzero(np.diff(out["cust"]))[0] + 1]
+    sizes = np.diff(np.r_[start, out["cust"].size])
+    out["seq"] = np.arange(out["cust"].size) - np.repeat(start, sizes)
+    return out

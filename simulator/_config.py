@@ -8,10 +8,12 @@ from datetime import date
 from typing import Final
 
 from features.errors import ConfigError
+from features.events import MERCHANT_CATEGORIES, PRODUCT_TYPES, SEGMENTS
 
-SEGMENTS: Final = ("mass", "affluent", "private", "sme")
+__all__ = ["MERCHANT_CATEGORIES", "SEGMENTS", "SimConfig"]
+
 SEGMENT_SHARE: Final = (0.70, 0.18, 0.04, 0.08)
-PRODUCTS: Final = ("current", "savings", "card", "loan", "mortgage", "wealth")
+PRODUCTS: Final = PRODUCT_TYPES
 # probability of holding each product at the start, per segment (rows follow SEGMENTS)
 PRODUCT_PROB: Final = (
     (1.0, 0.40, 0.55, 0.12, 0.15, 0.03),
@@ -34,19 +36,6 @@ SUDDEN_CHURN: Final = (0.020, 0.010, 0.006, 0.025)
 # susceptibility of the hazard to disengagement, per segment
 SUSCEPTIBILITY: Final = (1.0, 0.75, 0.5, 0.9)
 COST_TO_SERVE: Final = (25.0, 45.0, 180.0, 80.0)  # CNY a month
-MERCHANT_CATEGORIES: Final = (
-    "groceries",
-    "dining",
-    "travel",
-    "fuel",
-    "retail",
-    "online",
-    "utilities",
-    "entertainment",
-    "health",
-    "education",
-    "other",
-)
 MERCHANT_SHARE: Final = (0.26, 0.16, 0.04, 0.07, 0.12, 0.15, 0.06, 0.05, 0.04, 0.02, 0.03)
 MERCHANT_TICKET: Final = (1.0, 0.8, 6.0, 1.6, 2.0, 1.2, 1.5, 1.0, 1.8, 4.0, 1.0)
 OTHER_BANKS: Final = ("ICBC", "CCB", "BOC", "ABC", "CMB", "PSBC", "BOCOM", "CITIC", "SPDB", "CIB")
@@ -73,7 +62,7 @@ class SimConfig:
     currency: str = "CNY"
     dirty_rate: float = 0.0
     utc_offset_hours: int = 8
-    chunk_customers: int = 8_000
+    chunk_customers: int = 12_500
     shift_share: float = 0.0
     """Share of customers hit by a population shift in the last ``shift_days``."""
     shift_days: int = 60

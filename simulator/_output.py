@@ -6,7 +6,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
-from typing import Final, Protocol
+from typing import Any, Final, Protocol
 
 import numpy as np
 import numpy.typing as npt
@@ -34,43 +34,96 @@ DIRTY_KINDS: Final = {
 
 
 class Sink(Protocol):
-    """Where simulated events go: a Parquet file now, a Kafka topic too."""
+    """Where simulated events go, chunk by chunk, in customer order."""
 
-    def write(self, table: pa.Table) -> None: ...
+    def write(self, table: pa.Table, part: int) -> None: ...
 
     def close(self) -> None: ...
 
 
-class ParquetSink:
-    """Appends frames to one Parquet file, one row group per chunk."""
+PART_WRITE_OPTIONS: Final[dict[str, Any]] = {
+    "compression": "lz4",
+    "store_schema": False,  # readers see plain (dictionary-encoded) strings
+    "write_statistics": ["customer_id", "event_type", "occurred_at"],
+    # dictionary pages only where the values are few (the rest would fall back anyway)
+    "use_dictionary": [
+        "customer_id",
+        "event_type",
+        "currency",
+        "segment",
+        "branch_id",
+        "manager_id",
+        "previous_manager_id",
+        "product_id",
+        "product_type",
+        "initiated_by",
+        "employer_id",
+        "counterparty",
+        "counterparty_bank",
+        "channel",
+        "merchant_category",
+        "fee_type",
+        "category",
+        "purpose",
+        "survey",
+    ],
+    "row_group_size": 1 << 20,
+}
+
+
+class ParquetDataset:
+    """An event log as a directory of Parquet parts, one per chunk of customers.
+
+    ``events.parquet/part-00000.parquet``, ... each hold a disjoint range of
+    customers sorted by customer and time; polars, pyarrow, DuckDB and Spark read
+    the directory as one table. Parts are written by the processes that simulate
+    them, in parallel. Opening a dataset removes the parts of an earlier one.
+    """
 
     def __init__(self, path: Path) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        self._path = path
-        self._writer: pq.ParquetWriter | None = None
+        if path.is_file():
+            path.unlink()
+        path.mkdir(parents=True, exist_ok=True)
+        for old in path.glob("part-*.parquet"):
+            old.unlink()
+        self.path = path
 
-    def write(self, table: pa.Table) -> None:
-        if self._writer is None:
-            # store_schema=False: readers see plain (dictionary-encoded) strings
-            self._writer = pq.ParquetWriter(
-                self._path, table.schema, compression="lz4", store_schema=False
-            )
-        self._writer.write_table(table, row_group_size=1 << 20)
+    def part_path(self, part: int) -> Path:
+        return self.path / f"part-{part:05d}.parquet"
+
+    def write(self, table: pa.Table, part: int) -> None:
+        pq.write_table(table, self.part_path(part), **PART_WRITE_OPTIONS)
 
     def close(self) -> None:
-        if self._writer is None:
-            self._writer = pq.ParquetWriter(self._path, log_arrow_schema(), store_schema=False)
-        self._writer.close()
+        if not any(self.path.glob("part-*.parquet")):
+            pq.write_table(
+                log_arrow_schema().empty_table(), self.part_path(0), **PART_WRITE_OPTIONS
+            )
 
 
 def log_arrow_schema() -> pa.Schema:
     return pl.DataFrame(schema=LOG_SCHEMA).to_arrow().schema
 
 
-def _lookup(codes: npt.NDArray[np.int64], vocabulary: list[str] | tuple[str, ...]) -> pa.Array:
+def _lookup(codes: npt.NDArray[np.int32], vocabulary: list[str] | tuple[str, ...]) -> pa.Array:
     """Strings from codes (-1 = null) as a dictionary array: no copy, fast to write."""
-    indices = pa.array(codes.astype(np.int32), mask=codes < 0, type=pa.int32())
+    indices = _numbers(codes, codes >= 0, pa.int32())
     return pa.DictionaryArray.from_arrays(indices, pa.array(vocabulary, pa.string()))
+
+
+def _numbers(
+    values: npt.NDArray[Any], valid: npt.NDArray[np.bool_], dtype: pa.DataType
+) -> pa.Array:
+    """An Arrow array from a numpy array and a validity mask, built from buffers."""
+    n = values.size
+    bitmap = pa.py_buffer(np.packbits(valid, bitorder="little"))
+    if dtype == pa.bool_():
+        data = pa.py_buffer(np.packbits(values.astype(bool), bitorder="little"))
+    else:
+        data = pa.py_buffer(
+            np.ascontiguousarray(values.astype(dtype.to_pandas_dtype(), copy=False))
+        )
+    return pa.Array.from_buffers(dtype, n, [bitmap, data], null_count=n - int(valid.sum()))
 
 
 def chunk_table(cfg: SimConfig, chunk: K.Chunk) -> pa.Table:
@@ -83,70 +136,80 @@ def chunk_table(cfg: SimConfig, chunk: K.Chunk) -> pa.Table:
     t = e["type"]
     n = t.size
     cust = e["cust"]
-    a, b, c = e["a"], e["b"], e["c"]
-    is_t = {k: t == k for k in range(len(K.TYPES))}
+    packed = {"a": e["a"], "b": e["b"], "c": e["c"]}
+    order = np.argsort(t, kind="stable")
+    bounds = np.r_[0, np.cumsum(np.bincount(t, minlength=len(K.TYPES)))]
+    rows = {k: order[bounds[k] : bounds[k + 1]] for k in range(len(K.TYPES))}
 
-    def pick(*spec: tuple[int, npt.NDArray[np.int64]]) -> npt.NDArray[np.int64]:
-        out = np.full(n, -1, np.int64)
+    def pick(*spec: tuple[int, str]) -> npt.NDArray[np.int32]:
+        """Codes from packed column ``col`` for rows of type ``kind``; -1 elsewhere."""
+        out = np.full(n, -1, np.int32)
         for kind, col in spec:
-            out = np.where(is_t[kind], col, out)
+            r = rows[kind]
+            out[r] = packed[col][r]
         return out
 
-    money = np.isin(t, list(K.MONEY_TYPES))
-    ids = [
-        f"C{i:08d}"
-        for i in range(chunk.first_customer, chunk.first_customer + len(chunk.customers["index"]))
-    ]
+    def is_type(*kinds: int) -> npt.NDArray[np.bool_]:
+        mask = np.zeros(n, bool)
+        for k in kinds:
+            mask[rows[k]] = True
+        return mask
+
+    money = is_type(*K.MONEY_TYPES)
+    first = chunk.first_customer
+    ids = [f"C{i:08d}" for i in range(first, first + len(chunk.customers["index"]))]
     customer_id = _lookup(cust, ids)
     seq = pa.array(e["seq"]).cast(pa.string())
-    n_branches = int(chunk.customers["branch"].max()) + 1 if n else 1
-    branches = [f"BR{i:03d}" for i in range(max(n_branches, 100))]
-    managers = [f"RM{i:04d}" for i in range(max(n_branches, 100) * 9)]
-    product = pick((K.T_OPEN, a), (K.T_CLOSE, a), (K.T_LOAN, a))
+    n_branches = max(int(chunk.customers["branch"].max()) + 1 if n else 1, 100)
+    branches = [f"BR{i:03d}" for i in range(n_branches)]
+    managers = [f"RM{i:04d}" for i in range(n_branches * 9)]
+    product = pick((K.T_OPEN, "a"), (K.T_CLOSE, "a"), (K.T_LOAN, "a"))
     products = [f"{cid}-P{s}" for cid in ids for s in range(K.SLOTS)]
-    complaint = pick((K.T_CFILED, a), (K.T_CRESOLVED, a))
-    has_complaint = complaint >= 0
+    has_complaint = is_type(K.T_CFILED, K.T_CRESOLVED)
+    complaint = e["a"][has_complaint]
     complaint_ids = [
-        f"{ids[i]}-K{k:02d}"
-        for i, k in zip(cust[has_complaint], complaint[has_complaint], strict=True)
+        f"{ids[i]}-K{k:02d}" for i, k in zip(cust[has_complaint], complaint, strict=True)
     ]
-    complaint_ix = np.full(n, -1, np.int64)
-    complaint_ix[has_complaint] = np.arange(int(has_complaint.sum()))
-    employer = pick((K.T_SALARY, a))
+    complaint_ix = np.full(n, -1, np.int32)
+    complaint_ix[has_complaint] = np.arange(complaint.size, dtype=np.int32)
     employers = [f"EMP{i:05d}" for i in range(20_000)]
-    is_transfer = is_t[K.T_TIN] | is_t[K.T_TOUT]
+    transfer = (K.T_TIN, K.T_TOUT)
     arrow = {
         "event_id": pc.binary_join_element_wise(customer_id.cast(pa.string()), seq, "-"),
         "customer_id": customer_id,
-        "event_type": _lookup(t, K.TYPES),
+        "event_type": _lookup(t.astype(np.int32), K.TYPES),
         "occurred_at": pa.array(e["t"], pa.timestamp("us", "UTC")),
         "schema_version": pa.array(np.ones(n, np.int16)),
-        "amount_minor": pa.array(e["amount"], mask=~money),
-        "currency": _lookup(np.where(money, 0, -1), [cfg.currency]),
-        "balance_minor": pa.array(e["balance"], mask=~money),
-        "segment": _lookup(pick((K.T_ONBOARD, a)), P.SEGMENTS),
-        "branch_id": _lookup(pick((K.T_ONBOARD, b), (K.T_REASSIGN, c), (K.T_BRANCH, a)), branches),
-        "manager_id": _lookup(pick((K.T_ONBOARD, c), (K.T_REASSIGN, a)), managers),
-        "previous_manager_id": _lookup(pick((K.T_REASSIGN, b)), managers),
+        "amount_minor": _numbers(e["amount"], money, pa.int64()),
+        "currency": _lookup(np.where(money, 0, -1).astype(np.int32), [cfg.currency]),
+        "balance_minor": _numbers(e["balance"], money, pa.int64()),
+        "segment": _lookup(pick((K.T_ONBOARD, "a")), P.SEGMENTS),
+        "branch_id": _lookup(
+            pick((K.T_ONBOARD, "b"), (K.T_REASSIGN, "c"), (K.T_BRANCH, "a")), branches
+        ),
+        "manager_id": _lookup(pick((K.T_ONBOARD, "c"), (K.T_REASSIGN, "a")), managers),
+        "previous_manager_id": _lookup(pick((K.T_REASSIGN, "b")), managers),
         "product_id": _lookup(np.where(product >= 0, cust * K.SLOTS + product, -1), products),
-        "product_type": _lookup(pick((K.T_OPEN, b), (K.T_CLOSE, b)), P.PRODUCTS),
-        "initiated_by": _lookup(pick((K.T_CLOSE, c)), K.INITIATED),
-        "employer_id": _lookup(employer, employers),
-        "counterparty": _lookup(np.where(is_transfer, a, -1), K.COUNTERPARTY),
-        "counterparty_bank": _lookup(np.where(is_transfer, b, -1), P.OTHER_BANKS),
+        "product_type": _lookup(pick((K.T_OPEN, "b"), (K.T_CLOSE, "b")), P.PRODUCTS),
+        "initiated_by": _lookup(pick((K.T_CLOSE, "c")), K.INITIATED),
+        "employer_id": _lookup(pick((K.T_SALARY, "a")), employers),
+        "counterparty": _lookup(pick(*((k, "a") for k in transfer)), K.COUNTERPARTY),
+        "counterparty_bank": _lookup(pick(*((k, "b") for k in transfer)), P.OTHER_BANKS),
         "channel": _lookup(
-            pick((K.T_TIN, c), (K.T_TOUT, c), (K.T_CASH, a), (K.T_LOGIN, a), (K.T_CARD, b)),
+            pick(
+                (K.T_TIN, "c"), (K.T_TOUT, "c"), (K.T_CASH, "a"), (K.T_LOGIN, "a"), (K.T_CARD, "b")
+            ),
             K.CHANNELS,
         ),
-        "merchant_category": _lookup(pick((K.T_CARD, a)), P.MERCHANT_CATEGORIES),
-        "fee_type": _lookup(pick((K.T_FEE, a)), K.FEE_TYPES),
-        "days_late": pa.array(b.astype(np.int32), mask=~is_t[K.T_LOAN]),
+        "merchant_category": _lookup(pick((K.T_CARD, "a")), P.MERCHANT_CATEGORIES),
+        "fee_type": _lookup(pick((K.T_FEE, "a")), K.FEE_TYPES),
+        "days_late": _numbers(e["b"], is_type(K.T_LOAN), pa.int32()),
         "complaint_id": _lookup(complaint_ix, complaint_ids).cast(pa.string()),
-        "category": _lookup(pick((K.T_CFILED, b)), K.COMPLAINT_CATEGORIES),
-        "satisfied": pa.array(b == 1, mask=~is_t[K.T_CRESOLVED]),
-        "score": pa.array(a.astype(np.int16), mask=~is_t[K.T_SURVEY]),
-        "purpose": _lookup(pick((K.T_BRANCH, b)), K.PURPOSES),
-        "survey": _lookup(pick((K.T_SURVEY, b)), K.SURVEYS),
+        "category": _lookup(pick((K.T_CFILED, "b")), K.COMPLAINT_CATEGORIES),
+        "satisfied": _numbers(e["b"] == 1, is_type(K.T_CRESOLVED), pa.bool_()),
+        "score": _numbers(e["a"].astype(np.int16), is_type(K.T_SURVEY), pa.int16()),
+        "purpose": _lookup(pick((K.T_BRANCH, "b")), K.PURPOSES),
+        "survey": _lookup(pick((K.T_SURVEY, "b")), K.SURVEYS),
         "published_at": pa.nulls(n, pa.timestamp("us", "UTC")),
         "raw": pa.nulls(n, pa.binary()),
     }

@@ -22,7 +22,7 @@ from simulator import _bank as K
 from simulator._config import SEGMENTS, SimConfig
 from simulator._output import (
     DirtyReport,
-    ParquetSink,
+    ParquetDataset,
     Sink,
     chunk_table,
     chunks,
@@ -123,10 +123,14 @@ class _TruthWriter:
             w.close()
 
 
-def _produce(
-    cfg: SimConfig, i: int
-) -> tuple[pa.Table, dict[str, pl.DataFrame], SimSummary, list[dict[str, object]]]:
-    """Everything one chunk yields; runs in a worker process (or inline)."""
+Produced = tuple[pa.Table | None, dict[str, pl.DataFrame], SimSummary, list[dict[str, object]]]
+
+
+def _produce(cfg: SimConfig, i: int, dataset: ParquetDataset | None) -> Produced:
+    """Everything one chunk yields; runs in a worker process (or inline).
+
+    With a ``dataset`` the chunk's part is written here and no table is returned.
+    """
     chunk = K.simulate_chunk(cfg, i)
     table = chunk_table(cfg, chunk)
     part = SimSummary(cfg)
@@ -140,7 +144,11 @@ def _produce(
         frame = make_dirty(to_frame(table), cfg.dirty_rate, rng, report)
         table = frame.to_arrow().cast(log_arrow_schema())
     part.records = table.num_rows
-    return table, truth_frames(cfg, chunk), part, report.rows
+    truth = truth_frames(cfg, chunk)
+    if dataset is not None:
+        dataset.write(table, i)
+        return None, truth, part, report.rows
+    return table, truth, part, report.rows
 
 
 def simulate(
@@ -153,7 +161,8 @@ def simulate(
     """Simulate the bank described by ``cfg`` into ``sink``; write ground truth if asked.
 
     Chunks are simulated by up to ``workers`` processes (default: one per core) and
-    written in order, so the output is the same whatever the number of workers.
+    handed over in order, so the output is the same whatever the number of workers.
+    A :class:`ParquetDataset` sink is written by the workers themselves.
     """
     began = time.perf_counter()
     summary = SimSummary(cfg)
@@ -161,13 +170,12 @@ def simulate(
     dirty_rows: list[dict[str, object]] = []
     indices = list(chunks(cfg))
     workers = min(workers or os.cpu_count() or 1, len(indices))
+    dataset = sink if isinstance(sink, ParquetDataset) else None
 
-    def consume(
-        result: tuple[pa.Table, dict[str, pl.DataFrame], SimSummary, list[dict[str, object]]],
-        done: int,
-    ) -> None:
+    def consume(result: Produced, i: int) -> None:
         table, truth_parts, part, rows = result
-        sink.write(table)
+        if table is not None:
+            sink.write(table, i)
         _merge(summary, part)
         dirty_rows.extend(rows)
         summary.dirty_per_kind.update(str(r["kind"]) for r in rows)
@@ -175,28 +183,27 @@ def simulate(
             for name, frame in truth_parts.items():
                 truth.write(name, frame)
         if progress:
-            progress(done, len(indices))
+            progress(i + 1, len(indices))
 
     try:
         if workers <= 1:
-            for k, i in enumerate(indices, 1):
-                consume(_produce(cfg, i), k)
+            for i in indices:
+                consume(_produce(cfg, i, dataset), i)
         else:
             ctx = multiprocessing.get_context("spawn")
-            with _single_threaded_children(), ProcessPoolExecutor(workers, mp_context=ctx) as pool:
-                pending: deque[
-                    Future[
-                        tuple[
-                            pa.Table, dict[str, pl.DataFrame], SimSummary, list[dict[str, object]]
-                        ]
-                    ]
-                ] = deque()
-                for k, i in enumerate(indices, 1):
-                    pending.append(pool.submit(_produce, cfg, i))
+            with (
+                _single_threaded_children(),
+                ProcessPoolExecutor(workers, mp_context=ctx) as pool,
+            ):
+                pending: deque[tuple[int, Future[Produced]]] = deque()
+                for i in indices:
+                    pending.append((i, pool.submit(_produce, cfg, i, dataset)))
                     if len(pending) > workers:
-                        consume(pending.popleft().result(), k - workers)
+                        j, future = pending.popleft()
+                        consume(future.result(), j)
                 while pending:
-                    consume(pending.popleft().result(), len(indices) - len(pending) + 1)
+                    j, future = pending.popleft()
+                    consume(future.result(), j)
         if truth is not None and dirty_rows:
             truth.write("dirty", pl.DataFrame(dirty_rows))
     finally:
@@ -256,5 +263,5 @@ def write_parquet(
     progress: Callable[[int, int], None] | None = None,
     workers: int | None = None,
 ) -> SimSummary:
-    """Simulate into ``out`` (Parquet) with ground truth in :func:`truth_dir_for`."""
-    return simulate(cfg, ParquetSink(out), truth_dir_for(out), progress, workers)
+    """Simulate into the Parquet dataset ``out`` with ground truth in :func:`truth_dir_for`."""
+    return simulate(cfg, ParquetDataset(out), truth_dir_for(out), progress, workers)

@@ -45,15 +45,32 @@ def _auc(score: np.ndarray, label: np.ndarray) -> float:
     return float((ranks[pos].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
 
 
+def _digest(dataset: Path) -> str:
+    sha = hashlib.sha256()
+    for part in sorted(dataset.glob("part-*.parquet")):
+        sha.update(part.name.encode())
+        sha.update(part.read_bytes())
+    return sha.hexdigest()
+
+
 def test_same_seed_same_bytes_whatever_the_workers(tmp_path: Path) -> None:
     cfg = SimConfig(customers=700, months=3, seed=3, chunk_customers=300)
     digests = []
     for name, workers in (("a", 1), ("b", 1), ("c", 2)):
         write_parquet(cfg, tmp_path / f"{name}.parquet", workers=workers)
-        digests.append(hashlib.sha256((tmp_path / f"{name}.parquet").read_bytes()).hexdigest())
+        digests.append(_digest(tmp_path / f"{name}.parquet"))
+    assert len(list((tmp_path / "a.parquet").glob("part-*.parquet"))) == 3
     assert digests[0] == digests[1] == digests[2]
     write_parquet(cfg.replace(seed=4), tmp_path / "d.parquet", workers=1)
-    assert hashlib.sha256((tmp_path / "d.parquet").read_bytes()).hexdigest() != digests[0]
+    assert _digest(tmp_path / "d.parquet") != digests[0]
+
+
+def test_rewriting_a_dataset_leaves_no_stale_parts(tmp_path: Path) -> None:
+    out = tmp_path / "ev.parquet"
+    write_parquet(SimConfig(customers=500, months=1, seed=1, chunk_customers=100), out, workers=1)
+    write_parquet(SimConfig(customers=150, months=1, seed=1, chunk_customers=100), out, workers=1)
+    assert len(list(out.glob("part-*.parquet"))) == 2
+    assert pl.read_parquet(out)["customer_id"].n_unique() == 150
 
 
 def test_bank_has_every_signal_and_segment(
