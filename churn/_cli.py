@@ -59,6 +59,17 @@ def _date(text: str) -> date:
         raise argparse.ArgumentTypeError(f"expected a date YYYY-MM-DD, got {text!r}") from None
 
 
+def _days(text: str) -> int:
+    value = text.removesuffix("d")
+    try:
+        days = int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected days like 30d, got {text!r}") from None
+    if days <= 0:
+        raise argparse.ArgumentTypeError(f"expected a positive number of days, got {text!r}")
+    return days
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="churn",
@@ -87,6 +98,46 @@ def build_parser() -> argparse.ArgumentParser:
 
     val = sub.add_parser("validate", help="validate every record of an event log")
     val.add_argument("--events", type=Path, required=True, help="event log (.parquet)")
+
+    feats = sub.add_parser("features", help="feature definitions, training sets, parity")
+    fsub = feats.add_subparsers(dest="features_command", metavar="ACTION", required=True)
+    fsub.add_parser("list", help="list every feature with its unit and description")
+    build = fsub.add_parser("build", help="build a point-in-time training set")
+    build.add_argument(
+        "--events", type=Path, required=True, help="event log (Parquet file or dataset)"
+    )
+    build.add_argument("--start", type=_date, required=True, help="first as-of date (YYYY-MM-DD)")
+    build.add_argument("--end", type=_date, required=True, help="last as-of date (YYYY-MM-DD)")
+    build.add_argument("--every", type=_days, default=30, help="days between snapshots, e.g. 30d")
+    build.add_argument("--horizon", type=_days, default=90, help="churn horizon, e.g. 90d")
+    build.add_argument(
+        "--churn-definition",
+        choices=["last_product", "inactivity"],
+        default="last_product",
+        help="churn = last product closed, or N days without customer activity",
+    )
+    build.add_argument(
+        "--inactivity-days", type=_days, default=90, help="for --churn-definition inactivity"
+    )
+    build.add_argument(
+        "--value-days", type=_days, default=365, help="period of the value label, e.g. 365d"
+    )
+    build.add_argument("--out", type=Path, required=True, help="training set to write (.parquet)")
+    parity = fsub.add_parser(
+        "parity", help="replay the log online and compare with offline features"
+    )
+    parity.add_argument(
+        "--events", type=Path, required=True, help="event log (Parquet file or dataset)"
+    )
+    parity.add_argument(
+        "--sample", type=_positive_int, default=None, help="customers to check (default: all)"
+    )
+    parity.add_argument(
+        "--per-customer", type=_positive_int, default=5, help="as-of times per customer"
+    )
+    parity.add_argument(
+        "--seed", type=int, default=0, help="random seed for the sample and as-of times"
+    )
 
     demo = sub.add_parser("demo", help="the main job on embedded defaults")
     _simulation_args(demo, customers=20_000)
@@ -166,6 +217,46 @@ def _cmd_validate(args: argparse.Namespace) -> int:
     return 1 if rejected else 0
 
 
+def _cmd_features(args: argparse.Namespace) -> int:
+    import polars as pl
+
+    from features import FEATURES, check_parity, scan_log
+    from features._labels import LabelConfig
+    from features._trainset import build_training_set
+
+    if args.features_command == "list":
+        for f in FEATURES:
+            print(f"{f.name:<32} {f.unit:<20} {f.description}")
+        print(f"{len(FEATURES)} features")
+        return 0
+    log = scan_log(args.events)
+    if args.features_command == "build":
+        labels = LabelConfig(
+            horizon_days=args.horizon,
+            churn_definition=args.churn_definition,
+            inactivity_days=args.inactivity_days,
+            value_days=args.value_days,
+        )
+        result = build_training_set(log, args.start, args.end, args.every, labels)
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        result.frame.write_parquet(args.out)
+        print(result.format())
+        print(f"  written: {args.out}")
+        return 0
+    frame = log.collect()
+    if args.sample:
+        ids = (
+            frame["customer_id"]
+            .unique()
+            .sort()
+            .sample(min(args.sample, frame["customer_id"].n_unique()), seed=args.seed)
+        )
+        frame = frame.filter(pl.col("customer_id").is_in(ids.implode()))
+    report = check_parity(frame, per_customer=args.per_customer, seed=args.seed)
+    print(report.format())
+    return 1 if report.total_mismatches else 0
+
+
 def _cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
     from simulator import SimConfig, write_parquet
 
@@ -190,6 +281,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _cmd_schema(args)
         if args.command == "validate":
             return _cmd_validate(args)
+        if args.command == "features":
+            return _cmd_features(args)
         if args.command == "demo":
             return _cmd_demo(args, settings)
     except ChurnEngineError as exc:

@@ -748,5 +748,17 @@ def finalize(aggs: Mapping[str, npt.ArrayLike]) -> dict[str, Arr]:
 
 def feature_fingerprint() -> str:
     """Changes whenever a feature's definition or the aggregate layout changes."""
-    text = repr((SIGNALS, FEATURES, WINDOWS))
+    signals = [
+        (
+            s.name,
+            sorted(s.event_types),
+            s.value,
+            [(k, sorted(map(repr, v))) for k, v in s.where],
+            [(k, sorted(map(repr, v))) for k, v in s.where_not],
+            s.positive,
+        )
+        for s in SIGNALS
+    ]
+    features = [(f.name, f.unit, repr(f.expr)) for f in FEATURES]
+    text = repr((signals, features, WINDOWS, [a.key for a in AGGREGATES]))
     return hashlib.sha256(text.encode()).hexdigest()[:16]

@@ -1,0 +1,101 @@
+"""Point-in-time training sets: one row per customer and snapshot, features and labels."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from datetime import UTC, date, datetime, timedelta
+
+import polars as pl
+
+from features._definitions import FEATURES, feature_fingerprint
+from features._labels import LabelConfig, data_end, label_snapshots
+from features._offline import clean_log, offline_features
+from features.errors import DataError
+
+__all__ = ["TrainingSet", "build_training_set", "snapshot_dates"]
+
+
+@dataclass(slots=True)
+class TrainingSet:
+    """The rows, and an account of how they were built."""
+
+    frame: pl.DataFrame
+    counts: dict[str, int] = field(default_factory=dict)
+    label_config: LabelConfig = field(default_factory=LabelConfig)
+    fingerprint: str = ""
+    seconds: float = 0.0
+
+    def format(self) -> str:
+        f = self.frame
+        churn = f["churn"].mean() if f.height else 0.0
+        lines = [
+            f"training set: {f.height:,} rows, {f['customer_id'].n_unique():,} customers, "
+            f"{f['as_of'].n_unique()} snapshots, {len(FEATURES)} features "
+            f"(definitions {self.fingerprint}) in {self.seconds:.1f} s",
+            f"  churn definition: {self.label_config.churn_definition}, horizon "
+            f"{self.label_config.horizon_days} days; churn rate {churn:.2%}",
+            f"  excluded: {self.counts.get('already_churned', 0):,} already churned at as-of, "
+            f"{self.counts.get('censored', 0):,} censored (horizon past the end of the data)",
+            f"  value label (next {self.label_config.value_days} days) known for "
+            f"{f['value_minor'].is_not_null().sum():,} rows",
+        ]
+        return "\n".join(lines)
+
+
+def snapshot_dates(start: date, end: date, every_days: int) -> list[datetime]:
+    """As-of times: midnight UTC of ``start``, every ``every_days``, up to ``end``."""
+    if every_days < 1:
+        raise DataError(f"--every must be at least 1 day, got {every_days}")
+    if end < start:
+        raise DataError(f"the period is empty: end {end} is before start {start}")
+    out = []
+    day = start
+    while day <= end:
+        out.append(datetime(day.year, day.month, day.day, tzinfo=UTC))
+        day += timedelta(days=every_days)
+    return out
+
+
+def build_training_set(
+    log: pl.LazyFrame,
+    start: date,
+    end: date,
+    every_days: int = 30,
+    labels: LabelConfig | None = None,
+) -> TrainingSet:
+    """Features and labels at every snapshot of every customer known at that time."""
+    began = time.perf_counter()
+    cfg = labels or LabelConfig()
+    events = clean_log(log)
+    end_us = data_end(events) if events.select(pl.len()).collect().item() else None
+    if end_us is None:
+        raise DataError("the event log holds no valid events")
+    dates = snapshot_dates(start, end, every_days)
+    first_seen = events.group_by("customer_id").agg(pl.col("t").min().alias("first_t")).collect()
+    grid = (
+        first_seen.join(
+            pl.DataFrame({"as_of": dates}, schema={"as_of": pl.Datetime("us", "UTC")}), how="cross"
+        )
+        .filter(pl.col("first_t") <= pl.col("as_of").cast(pl.Int64))
+        .select("customer_id", "as_of")
+        .sort("as_of", "customer_id")
+    )
+    if grid.height == 0:
+        raise DataError(f"no customer is known between {start} and {end}: the period is empty")
+    labelled, counts = label_snapshots(events, grid, cfg, end_us)
+    if labelled.height == 0:
+        last = datetime.fromtimestamp(end_us / 1e6, tz=UTC).date()
+        raise DataError(
+            f"no snapshot has a full {cfg.horizon_days}-day horizon: the data end on {last}; "
+            f"end the period by {last - timedelta(days=cfg.horizon_days)}"
+        )
+    feats = offline_features(log, labelled.select("customer_id", "as_of"))
+    frame = pl.concat(
+        [
+            labelled.select("customer_id", "as_of", "churn", "value_minor"),
+            feats.drop("customer_id", "as_of"),
+        ],
+        how="horizontal",
+    )
+    return TrainingSet(frame, counts, cfg, feature_fingerprint(), time.perf_counter() - began)
