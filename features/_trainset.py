@@ -28,7 +28,7 @@ class TrainingSet:
 
     def format(self) -> str:
         f = self.frame
-        churn = f["churn"].mean() if f.height else 0.0
+        churn = float(f["churn"].mean() or 0.0) if f.height else 0.0  # type: ignore[arg-type]
         lines = [
             f"training set: {f.height:,} rows, {f['customer_id'].n_unique():,} customers, "
             f"{f['as_of'].n_unique()} snapshots, {len(FEATURES)} features "
