@@ -11,13 +11,13 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Final
 
+import numpy as np
 import polars as pl
 
 from features._definitions import (
     AGGREGATES,
     AS_OF,
     DAY_US,
-    LONGEST_WINDOW,
     MONTH_DAYS,
     SIGNALS,
     Agg,
@@ -65,10 +65,16 @@ def clean_log(log: pl.LazyFrame) -> pl.LazyFrame:
     )
 
 
-def _signal_rows(events: pl.LazyFrame) -> pl.LazyFrame:
+def _signal_rows(events: pl.DataFrame) -> pl.DataFrame:
+    """One row per (event, signal it feeds): customer code, signal, time, day, value."""
+    by_type = events.partition_by("event_type", as_dict=True)
     parts = []
     for i, sig in enumerate(SIGNALS):
-        cond = pl.col("event_type").is_in(sorted(sig.event_types))
+        frames = [by_type[(t,)] for t in sorted(sig.event_types) if (t,) in by_type]
+        if not frames:
+            continue
+        frame = pl.concat(frames) if len(frames) > 1 else frames[0]
+        cond = pl.lit(True)
         for name, allowed in sig.where:
             cond &= pl.col(name).is_in(list(allowed))
         for name, banned in sig.where_not:
@@ -86,8 +92,8 @@ def _signal_rows(events: pl.LazyFrame) -> pl.LazyFrame:
             else pl.lit(None, pl.String)
         )
         parts.append(
-            events.filter(cond).select(
-                "customer_id",
+            frame.filter(cond).select(
+                "cust",
                 "t",
                 "day",
                 pl.lit(i, pl.Int16).alias("sig"),
@@ -110,27 +116,23 @@ def offline_aggregates(log: pl.LazyFrame, snapshots: pl.DataFrame) -> pl.DataFra
         .with_columns(pl.col("as_of").dt.cast_time_unit("us").cast(pl.Int64).alias("as_of_us"))
         .with_columns((pl.col("as_of_us") // DAY_US).alias("as_of_day"))
     )
-    events = clean_log(log)
-    rows = _signal_rows(events).collect()
-    lazy_snaps = snaps.lazy()
-    joined = (
-        rows.lazy()
-        .join(lazy_snaps.select("snap", "customer_id", "as_of_us", "as_of_day"), on="customer_id")
-        .filter(
-            (pl.col("t") <= pl.col("as_of_us"))
-            & (pl.col("day") > pl.col("as_of_day") - LONGEST_WINDOW)
-        )
-        .with_columns((pl.col("as_of_day") - pl.col("day")).alias("age"))
+    events_all = clean_log(log).collect()
+    customers = pl.concat([events_all["customer_id"], snaps["customer_id"]]).unique().sort()
+    codes = pl.Enum(customers)
+    events_df = events_all.with_columns(
+        pl.col("customer_id").cast(codes).to_physical().cast(pl.Int64).alias("cust")
     )
-    windowed = [a for a in AGGREGATES if a.window is not None and a.stat != "at_start"]
-    exprs = [_window_expr(a).alias(a.key) for a in windowed]
+    snaps = snaps.with_columns(
+        pl.col("customer_id").cast(codes).to_physical().cast(pl.Int64).alias("cust")
+    )
+    rows = _signal_rows(events_df)
+    events = events_df.lazy()
     out = (
         snaps.lazy()
         .select("snap", "customer_id", "as_of", "as_of_us")
-        .join(joined.group_by("snap").agg(exprs), on="snap", how="left")
+        .join(_additive(rows, snaps), on="snap", how="left")
+        .join(_windowed_other(rows, snaps), on="snap", how="left")
     )
-    out = out.join(_lifetime(rows, snaps), on="snap", how="left")
-    out = out.join(_at_start(rows, snaps), on="snap", how="left")
     out = out.join(_entities(events, snaps), on="snap", how="left")
     frame = out.sort("snap").collect()
     columns = []
@@ -155,97 +157,159 @@ def offline_aggregates(log: pl.LazyFrame, snapshots: pl.DataFrame) -> pl.DataFra
     return frame.select("customer_id", "as_of", *columns)
 
 
+_ADDITIVE: Final = ("count", "sum", "days")
+_LIFETIME: Final = ("count", "sum", "first_us", "last_us", "last")
+_KEY_SPAN: Final = 64  # key = customer code * 64 + signal
+
+
+def _grouped_cumsum(values: np.ndarray, start: np.ndarray, group: np.ndarray) -> np.ndarray:
+    c = np.cumsum(values)
+    return c - (c - values)[start][group]
+
+
+def _additive(rows: pl.DataFrame, snaps: pl.DataFrame) -> pl.LazyFrame:
+    """Counts, sums, active days (windowed and lifetime), last values, values at window start.
+
+    Cumulative sums per customer and signal over time, read at the as-of time and
+    just before each window starts (as-of joins): exact for any as-of.
+    """
+    window_aggs = [
+        a for a in AGGREGATES if a.window is not None and a.stat in (*_ADDITIVE, "at_start")
+    ]
+    life_aggs = [
+        a for a in AGGREGATES if a.window is None and a.signal != "as_of" and a.stat in _LIFETIME
+    ]
+    sigs = sorted({_SIG[a.signal] for a in window_aggs + life_aggs})
+    windows: dict[int, set[int]] = {}
+    for a in window_aggs:
+        windows.setdefault(_SIG[a.signal], set()).add(int(a.window or 0))
+    sorted_rows = (
+        rows.lazy()
+        .filter(pl.col("sig").is_in(sigs))
+        .select(
+            (pl.col("cust") * _KEY_SPAN + pl.col("sig").cast(pl.Int64)).alias("k"),
+            "t",
+            "value",
+            "day",
+        )
+        .sort("k", "t", "value")
+        .collect()
+    )
+    k = sorted_rows["k"].to_numpy()
+    t = sorted_rows["t"].to_numpy()
+    day = sorted_rows["day"].to_numpy()
+    value = sorted_rows["value"].to_numpy()
+    start = np.r_[0, np.flatnonzero(np.diff(k)) + 1] if k.size else np.zeros(0, np.int64)
+    group = np.repeat(np.arange(start.size), np.diff(np.r_[start, k.size]))
+    newday = np.ones(k.size, np.int64)
+    if k.size:
+        newday[1:] = ((day[1:] != day[:-1]) | (k[1:] != k[:-1])).astype(np.int64)
+    # several events at the same time: keep the last row (cumulative sums include all;
+    # its value is the largest, the tie rule of "last")
+    last_of_time = np.ones(k.size, bool)
+    if k.size:
+        last_of_time[:-1] = (k[1:] != k[:-1]) | (t[1:] != t[:-1])
+    tiles = pl.DataFrame(
+        {
+            "k": k[last_of_time],
+            "t": t[last_of_time],
+            "v": value[last_of_time],
+            "cn": _grouped_cumsum(np.ones(k.size, np.int64), start, group)[last_of_time],
+            "cs": _grouped_cumsum(value, start, group)[last_of_time],
+            "cd": _grouped_cumsum(newday, start, group)[last_of_time],
+            "first": (t[start][group] if k.size else t)[last_of_time],
+        }
+    )
+    n_snaps = snaps.height
+    probes = (
+        snaps.select("snap", "cust", "as_of_us", "as_of_day")
+        .join(pl.DataFrame({"sig": sigs}, schema={"sig": pl.Int64}), how="cross")
+        .with_columns((pl.col("cust") * _KEY_SPAN + pl.col("sig")).alias("k"))
+        .sort("k", "as_of_us")
+    )
+    snap_ix = probes["snap"].to_numpy()
+    sig_of = probes["sig"].to_numpy()
+    as_of_day = probes["as_of_day"].to_numpy()
+
+    def read(probe: np.ndarray) -> dict[str, np.ndarray]:
+        left = pl.DataFrame({"k": probes["k"], "probe": probe})
+        m = left.join_asof(
+            tiles,
+            left_on="probe",
+            right_on="t",
+            by="k",
+            strategy="backward",
+            check_sortedness=False,
+        )
+        return {
+            "cn": m["cn"].fill_null(0).to_numpy(),
+            "cs": m["cs"].fill_null(0).to_numpy(),
+            "cd": m["cd"].fill_null(0).to_numpy(),
+            "t": m["t"].cast(pl.Float64).to_numpy(),
+            "v": m["v"].cast(pl.Float64).to_numpy(),
+            "first": m["first"].cast(pl.Float64).to_numpy(),
+        }
+
+    at_end = read(probes["as_of_us"].to_numpy())
+    at_start = {
+        w: read((as_of_day - w + 1) * DAY_US - 1)
+        for w in sorted({w for ws in windows.values() for w in ws})
+    }
+    out: dict[str, np.ndarray] = {"snap": np.arange(n_snaps)}
+    stat_col = {"count": "cn", "sum": "cs", "days": "cd"}
+    life_col = {"count": "cn", "sum": "cs", "first_us": "first", "last_us": "t", "last": "v"}
+    for a in window_aggs + life_aggs:
+        rows_of = sig_of == _SIG[a.signal]
+        if a.window is None:
+            values = at_end[life_col[a.stat]][rows_of].astype(np.float64)
+        elif a.stat == "at_start":
+            values = at_start[int(a.window)]["v"][rows_of]
+        else:
+            c = stat_col[a.stat]
+            values = (at_end[c][rows_of] - at_start[int(a.window)][c][rows_of]).astype(np.float64)
+        column = np.full(n_snaps, np.nan)
+        column[snap_ix[rows_of]] = values
+        out[a.key] = column
+    return pl.DataFrame(out).with_columns(pl.col("snap").cast(pl.UInt32)).lazy()
+
+
+def _windowed_other(rows: pl.DataFrame, snaps: pl.DataFrame) -> pl.LazyFrame:
+    """Min, max, months with an event and distinct values: a join over each window."""
+    aggs = [
+        a for a in AGGREGATES if a.window is not None and a.stat not in (*_ADDITIVE, "at_start")
+    ]
+    reach: dict[int, int] = {}
+    for a in aggs:
+        reach[_SIG[a.signal]] = max(reach.get(_SIG[a.signal], 0), int(a.window or 0))
+    parts = [
+        rows.lazy().filter(pl.col("sig") == sig).with_columns(pl.lit(w).alias("reach"))
+        for sig, w in reach.items()
+    ]
+    joined = (
+        pl.concat(parts)
+        .join(snaps.lazy().select("snap", "cust", "as_of_us", "as_of_day"), on="cust")
+        .filter(
+            (pl.col("t") <= pl.col("as_of_us"))
+            & (pl.col("day") > pl.col("as_of_day") - pl.col("reach"))
+        )
+        .with_columns((pl.col("as_of_day") - pl.col("day")).alias("age"))
+    )
+    return joined.group_by("snap").agg(_window_expr(a).alias(a.key) for a in aggs)
+
+
 def _window_expr(a: Agg) -> pl.Expr:
     sel = (pl.col("sig") == _SIG[a.signal]) & (pl.col("age") < a.window)
-    if a.stat == "count":
-        return sel.sum()
-    if a.stat == "sum":
-        return pl.col("value").filter(sel).sum()
     if a.stat == "sumsq":
         return (pl.col("value").cast(pl.Int128) ** 2).filter(sel).sum().cast(pl.Float64)
     if a.stat == "min":
         return pl.col("value").filter(sel).min()
     if a.stat == "max":
         return pl.col("value").filter(sel).max()
-    if a.stat == "days":
-        return pl.col("day").filter(sel).n_unique()
     if a.stat == "months":
         return (pl.col("age") // MONTH_DAYS).filter(sel).n_unique()
     if a.stat == "distinct":
         return pl.col("cat").filter(sel).drop_nulls().n_unique()
     raise DataError(f"no offline window computation for {a.key}")
-
-
-def _lifetime(rows: pl.DataFrame, snaps: pl.DataFrame) -> pl.LazyFrame:
-    needed = [
-        a
-        for a in AGGREGATES
-        if a.window is None
-        and a.signal != "as_of"
-        and a.stat in ("count", "sum", "first_us", "last_us", "last")
-    ]
-    sigs = sorted({_SIG[a.signal] for a in needed})
-    cum = (
-        rows.lazy()
-        .filter(pl.col("sig").is_in(sigs))
-        .group_by("customer_id", "sig", "t")
-        .agg(
-            pl.len().alias("n"), pl.col("value").sum().alias("s"), pl.col("value").max().alias("v")
-        )
-        .sort("customer_id", "sig", "t")
-        .with_columns(
-            pl.col("n").cum_sum().over("customer_id", "sig").alias("cn"),
-            pl.col("s").cum_sum().over("customer_id", "sig").alias("cs"),
-            pl.col("t").min().over("customer_id", "sig").alias("first"),
-        )
-    )
-    probes = (
-        snaps.lazy()
-        .select("snap", "customer_id", "as_of_us")
-        .join(pl.LazyFrame({"sig": sigs}, schema={"sig": pl.Int16}), how="cross")
-        .sort("customer_id", "sig", "as_of_us")
-    )
-    matched = probes.join_asof(
-        cum, left_on="as_of_us", right_on="t", by=["customer_id", "sig"], strategy="backward"
-    )
-    exprs = []
-    for a in needed:
-        pick = pl.col("sig") == _SIG[a.signal]
-        col = {"count": "cn", "sum": "cs", "first_us": "first", "last_us": "t", "last": "v"}[a.stat]
-        exprs.append(pl.col(col).filter(pick).first().alias(a.key))
-    return matched.group_by("snap").agg(exprs)
-
-
-def _at_start(rows: pl.DataFrame, snaps: pl.DataFrame) -> pl.LazyFrame:
-    needed = [a for a in AGGREGATES if a.stat == "at_start"]
-    frames = []
-    for a in needed:
-        sig = _SIG[a.signal]
-        series = (
-            rows.lazy()
-            .filter(pl.col("sig") == sig)
-            .group_by("customer_id", "t")
-            .agg(pl.col("value").max().alias(a.key))
-            .sort("customer_id", "t")
-        )
-        probe = (
-            snaps.lazy()
-            .select(
-                "snap",
-                "customer_id",
-                ((pl.col("as_of_day") - a.window + 1) * DAY_US - 1).alias("probe"),
-            )
-            .sort("customer_id", "probe")
-        )
-        frames.append(
-            probe.join_asof(
-                series, left_on="probe", right_on="t", by="customer_id", strategy="backward"
-            ).select("snap", a.key)
-        )
-    out = frames[0]
-    for f in frames[1:]:
-        out = out.join(f, on="snap")
-    return out
 
 
 def _entities(events: pl.LazyFrame, snaps: pl.DataFrame) -> pl.LazyFrame:
