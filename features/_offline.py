@@ -164,7 +164,7 @@ _KEY_SPAN: Final = 64  # key = customer code * 64 + signal
 
 def _grouped_cumsum(values: np.ndarray, start: np.ndarray, group: np.ndarray) -> np.ndarray:
     c = np.cumsum(values)
-    return c - (c - values)[start][group]
+    return np.asarray(c - (c - values)[start][group], dtype=np.int64)
 
 
 def _additive(rows: pl.DataFrame, snaps: pl.DataFrame) -> pl.LazyFrame:

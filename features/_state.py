@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import bisect
 import hashlib
+import zlib
 from collections.abc import Iterable
 from datetime import UTC, datetime
 from typing import Any, Final, Literal
@@ -74,8 +75,12 @@ def to_us(when: datetime) -> int:
 
 
 def event_hash(event_id: str) -> int:
-    """40-bit hash of an event id, stable across processes."""
-    return int.from_bytes(hashlib.blake2b(event_id.encode(), digest_size=5).digest(), "big")
+    """24-bit hash of an event id, stable across processes.
+
+    Short, to keep the state small: a hash match counts as a duplicate only when
+    the whole record (time, balance, signals, value) matches as well.
+    """
+    return int.from_bytes(hashlib.blake2b(event_id.encode(), digest_size=3).digest(), "big")
 
 
 def _matcher(sig_index: int) -> Any:
@@ -136,7 +141,7 @@ class CustomerState:
         self.customer_id = customer_id
         self.max_t: int | None = None
         self.records: list[Record] = []
-        self.seen: set[int] = set()
+        self.seen: dict[int, int] = {}  # 24-bit event-id hash -> records holding it
         self.life: dict[int, list[int]] = {}
         self.carry_balance: tuple[int, int] | None = None  # last (t, balance) expired
         self.products: dict[str, tuple[int, int, int]] = {}  # id -> (t, is_closed, type)
@@ -159,37 +164,42 @@ class CustomerState:
         if day <= newest_day - LONGEST_WINDOW:
             return "too_late"
         h = event_hash(ev.event_id)
-        if h in self.seen:
-            return "duplicate"
-        self.seen.add(h)
-        self._arrays = None
         etype = _TAG[type(ev)]
         mask = 0
-        life = self.life
+        fed: list[tuple[int, object]] = []
         for i, match, plain in _BY_TYPE.get(etype, ()):
-            if not plain and not match(ev):
-                continue
-            mask |= 1 << i
-            field = SIGNALS[i].value
-            v = getattr(ev, field) if field is not None else 1
-            rec = life.get(i)
-            if rec is None:
-                life[i] = [1, v if isinstance(v, int) else 0, t, t, v if isinstance(v, int) else 0]
-                continue
-            rec[_L_COUNT] += 1
-            if isinstance(v, int):
-                rec[_L_SUM] += v
-            if t < rec[_L_FIRST]:
-                rec[_L_FIRST] = t
-            if t > rec[_L_LAST] or (t == rec[_L_LAST] and isinstance(v, int) and v > rec[_L_LASTV]):
-                rec[_L_LAST] = t
-                rec[_L_LASTV] = v if isinstance(v, int) else 0
+            if plain or match(ev):
+                mask |= 1 << i
+                field = SIGNALS[i].value
+                fed.append((i, getattr(ev, field) if field is not None else 1))
         bal: int = getattr(ev, "balance_minor", 0)
         amount: int | None = getattr(ev, "amount_minor", None)
         value: int = amount if amount is not None else getattr(ev, "score", 0)
         aux: int = getattr(ev, "days_late", 0)
         record: Record = (t, bal, h, mask, value, aux)
         records = self.records
+        seen = self.seen
+        if h in seen:
+            # a 24-bit hash match is a duplicate only if the whole record matches too
+            i = bisect.bisect_left(records, record)
+            if i < len(records) and records[i] == record:
+                return "duplicate"
+        seen[h] = seen.get(h, 0) + 1
+        self._arrays = None
+        life = self.life
+        for i, v in fed:
+            n = v if isinstance(v, int) else 0
+            rec = life.get(i)
+            if rec is None:
+                life[i] = [1, n, t, t, n]
+                continue
+            rec[_L_COUNT] += 1
+            rec[_L_SUM] += n
+            if t < rec[_L_FIRST]:
+                rec[_L_FIRST] = t
+            if t > rec[_L_LAST] or (t == rec[_L_LAST] and n > rec[_L_LASTV]):
+                rec[_L_LAST] = t
+                rec[_L_LASTV] = n
         if not records or record >= records[-1]:
             records.append(record)
         else:
@@ -236,8 +246,13 @@ class CustomerState:
         if cut == 0:
             return
         balance_bit = 1 << _SIG_INDEX["balance"]
+        seen = self.seen
         for rec in records[:cut]:
-            self.seen.discard(rec[_HASH])
+            left = seen[rec[_HASH]] - 1
+            if left:
+                seen[rec[_HASH]] = left
+            else:
+                del seen[rec[_HASH]]
             if rec[_MASK] & balance_bit:
                 key = (rec[_T], rec[_BAL])
                 if self.carry_balance is None or key > self.carry_balance:
@@ -370,13 +385,20 @@ class CustomerState:
 
     # ------------------------------------------------------------------ bytes
     def to_bytes(self) -> bytes:
-        """Compact, versioned serialisation (msgpack; no pickle)."""
-        return _ENCODER.encode(
+        """Compact, versioned serialisation: a version byte, then zlib(msgpack); no pickle.
+
+        Records are stored column by column, times and balances as differences.
+        """
+        arr = np.array(self.records, dtype=np.int64).reshape(-1, 6)
+        if arr.shape[0] > 1:
+            arr[1:, _T] = np.diff(arr[:, _T])
+            arr[1:, _BAL] = np.diff(arr[:, _BAL])
+        body = _ENCODER.encode(
             (
-                STATE_VERSION,
                 self.customer_id,
                 self.max_t,
-                self.records,
+                arr.shape[0],
+                arr.T.tobytes(),
                 sorted(self.life.items()),
                 self.carry_balance,
                 sorted(self.products.items()),
@@ -386,24 +408,28 @@ class CustomerState:
                 self.manager,
             )
         )
+        return bytes([STATE_VERSION]) + zlib.compress(body, 6)
 
     @classmethod
     def from_bytes(cls, data: bytes) -> CustomerState:
-        try:
-            fields = _DECODER.decode(data)
-        except msgspec.DecodeError as exc:
-            raise DataError(f"corrupt customer state: {exc}") from exc
-        version = fields[0] if fields else None
+        version = data[0] if data else None
         if version != STATE_VERSION:
-            raise DataError(
-                f"customer state version {version!r}; this engine reads {STATE_VERSION}"
-            )
-        s = cls(fields[1])
-        s.max_t = fields[2]
-        s.records = [tuple(r) for r in fields[3]]
-        s.seen = {r[_HASH] for r in s.records}
+            raise DataError(f"customer state version {version!r}; this engine reads {STATE_VERSION}")
+        try:
+            fields = _DECODER.decode(zlib.decompress(data[1:]))
+        except (zlib.error, msgspec.DecodeError) as exc:
+            raise DataError(f"corrupt customer state: {exc}") from exc
+        s = cls(fields[0])
+        s.max_t = fields[1]
+        arr = np.frombuffer(fields[3], dtype=np.int64).reshape(6, fields[2]).T.copy()
+        if arr.shape[0] > 1:
+            arr[:, _T] = np.cumsum(arr[:, _T])
+            arr[:, _BAL] = np.cumsum(arr[:, _BAL])
+        s.records = [tuple(r) for r in arr.tolist()]  # type: ignore[misc]
+        for r in s.records:
+            s.seen[r[_HASH]] = s.seen.get(r[_HASH], 0) + 1
         s.life = {int(k): list(v) for k, v in fields[4]}
-        s.carry_balance = tuple(fields[5]) if fields[5] is not None else None
+        s.carry_balance = tuple(fields[5]) if fields[5] is not None else None  # type: ignore[assignment]
         s.products = {k: tuple(v) for k, v in fields[6]}
         s.complaints = {k: tuple(v) for k, v in fields[7]}
         s.last_categories = dict(fields[8])

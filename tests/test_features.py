@@ -24,6 +24,7 @@ from features import (
     CustomerState,
     DataError,
     check_parity,
+    event_hash,
     finalize,
     offline_aggregates,
 )
@@ -187,16 +188,19 @@ def test_memory_is_bounded_by_the_window() -> None:
             )
         )
     assert len(state.records) <= 180
-    assert len(state.seen) == len(state.records)
+    assert sum(state.seen.values()) == len(state.records)
     assert state.features(BASE + timedelta(days=3 * 365 - 1))["logins_90d"] == 90.0
     assert state.features(BASE + timedelta(days=3 * 365))["logins_90d"] == 89.0
 
 
 def test_corrupt_or_foreign_state_bytes_are_refused() -> None:
+    good = CustomerState("C1").to_bytes()
     with pytest.raises(DataError, match="corrupt"):
-        CustomerState.from_bytes(b"\xc1not msgpack")
+        CustomerState.from_bytes(good[:1] + b"not zlib")
     with pytest.raises(DataError, match="version"):
-        CustomerState.from_bytes(msgspec.msgpack.encode((99, "C1")))
+        CustomerState.from_bytes(bytes([99]) + good[1:])
+    with pytest.raises(DataError, match="version"):
+        CustomerState.from_bytes(b"")
 
 
 # ----------------------------------------------------------------------------- conformance
@@ -249,3 +253,26 @@ def test_finalize_is_vectorised_and_matches_row_by_row(tmp_path: Path) -> None:
         alone = finalize({a.key: matrix[i : i + 1, j] for j, a in enumerate(AGGREGATES)})
         for name, values in alone.items():
             assert _same(values, together[name][i : i + 1]).all()
+
+
+def test_a_hash_collision_is_not_taken_for_a_duplicate() -> None:
+    by_hash: dict[int, str] = {}
+    pair: tuple[str, str] | None = None
+    for i in range(200_000):
+        ident = f"evt-{i}"
+        h = event_hash(ident)
+        if h in by_hash:
+            pair = (by_hash[h], ident)
+            break
+        by_hash[h] = ident
+    assert pair is not None
+    login = EVENT_TYPES["digital_login"]
+    state = CustomerState("C1")
+    first = login(event_id=pair[0], customer_id="C1", occurred_at=BASE, channel="web")
+    second = login(
+        event_id=pair[1], customer_id="C1", occurred_at=BASE + timedelta(hours=1), channel="web"
+    )
+    assert state.apply(first) == "applied"
+    assert state.apply(second) == "applied"
+    assert state.apply(second) == "duplicate"
+    assert state.features(BASE + timedelta(hours=2))["logins_7d"] == 2.0
