@@ -414,7 +414,9 @@ class CustomerState:
     def from_bytes(cls, data: bytes) -> CustomerState:
         version = data[0] if data else None
         if version != STATE_VERSION:
-            raise DataError(f"customer state version {version!r}; this engine reads {STATE_VERSION}")
+            raise DataError(
+                f"customer state version {version!r}; this engine reads {STATE_VERSION}"
+            )
         try:
             fields = _DECODER.decode(zlib.decompress(data[1:]))
         except (zlib.error, msgspec.DecodeError) as exc:
@@ -429,7 +431,7 @@ class CustomerState:
         for r in s.records:
             s.seen[r[_HASH]] = s.seen.get(r[_HASH], 0) + 1
         s.life = {int(k): list(v) for k, v in fields[4]}
-        s.carry_balance = tuple(fields[5]) if fields[5] is not None else None  # type: ignore[assignment]
+        s.carry_balance = tuple(fields[5]) if fields[5] is not None else None
         s.products = {k: tuple(v) for k, v in fields[6]}
         s.complaints = {k: tuple(v) for k, v in fields[7]}
         s.last_categories = dict(fields[8])
