@@ -33,7 +33,6 @@ with less than 180 days of lateness therefore give exactly the offline features.
 from __future__ import annotations
 
 import bisect
-import hashlib
 import zlib
 from collections.abc import Iterable
 from datetime import UTC, datetime
@@ -75,12 +74,12 @@ def to_us(when: datetime) -> int:
 
 
 def event_hash(event_id: str) -> int:
-    """24-bit hash of an event id, stable across processes.
+    """24-bit hash of an event id (CRC-32, truncated), stable across processes.
 
     Short, to keep the state small: a hash match counts as a duplicate only when
     the whole record (time, balance, signals, value) matches as well.
     """
-    return int.from_bytes(hashlib.blake2b(event_id.encode(), digest_size=3).digest(), "big")
+    return zlib.crc32(event_id.encode()) & 0xFFFFFF
 
 
 def _matcher(sig_index: int) -> Any:
@@ -98,11 +97,14 @@ def _matcher(sig_index: int) -> Any:
     return match
 
 
-_BY_TYPE: Final[dict[str, list[tuple[int, Any, bool]]]] = {}
+# per event type: (signal index, bit, predicate or None, field giving the value or None)
+_BY_TYPE: Final[dict[str, list[tuple[int, int, Any, str | None]]]] = {}
 for _i, _s in enumerate(SIGNALS):
     _plain = not (_s.where or _s.where_not or _s.positive)
     for _t in _s.event_types:
-        _BY_TYPE.setdefault(_t, []).append((_i, _matcher(_i), _plain))
+        _BY_TYPE.setdefault(_t, []).append(
+            (_i, 1 << _i, None if _plain else _matcher(_i), _s.value)
+        )
 _SIG_INDEX: Final = {s.name: i for i, s in enumerate(SIGNALS)}
 _TAG: Final[dict[type, str]] = {cls: tag for tag, cls in EVENT_TYPES.items()}
 _VALUE_COLUMN: Final = {
@@ -167,10 +169,9 @@ class CustomerState:
         etype = _TAG[type(ev)]
         mask = 0
         fed: list[tuple[int, object]] = []
-        for i, match, plain in _BY_TYPE.get(etype, ()):
-            if plain or match(ev):
-                mask |= 1 << i
-                field = SIGNALS[i].value
+        for i, bit, match, field in _BY_TYPE.get(etype, ()):
+            if match is None or match(ev):
+                mask |= bit
                 fed.append((i, getattr(ev, field) if field is not None else 1))
         bal: int = getattr(ev, "balance_minor", 0)
         amount: int | None = getattr(ev, "amount_minor", None)
@@ -207,7 +208,8 @@ class CustomerState:
         self._entities(ev, etype, t)
         if self.max_t is None or t > self.max_t:
             self.max_t = t
-            self._expire(day)
+            if records[0][0] < (day - LONGEST_WINDOW + 1) * DAY_US:
+                self._expire(day)
         return "applied"
 
     def _entities(self, ev: Any, etype: str, t: int) -> None:

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 
 import polars as pl
 
 from features._definitions import FEATURES, feature_fingerprint
-from features._labels import LabelConfig, data_end, label_snapshots
+from features._labels import LabelConfig, label_snapshots
 from features._offline import clean_log, offline_features
 from features.errors import DataError
 
@@ -63,39 +64,67 @@ def build_training_set(
     end: date,
     every_days: int = 30,
     labels: LabelConfig | None = None,
+    chunk_customers: int = 8_000,
+    progress: Callable[[int, int], None] | None = None,
 ) -> TrainingSet:
-    """Features and labels at every snapshot of every customer known at that time."""
+    """Features and labels at every snapshot of every customer known at that time.
+
+    Customers are processed in chunks (their events read with a filter that Parquet
+    statistics prune), so memory depends on the chunk, not on the bank.
+    """
     began = time.perf_counter()
     cfg = labels or LabelConfig()
-    events = clean_log(log)
-    end_us = data_end(events) if events.select(pl.len()).collect().item() else None
-    if end_us is None:
-        raise DataError("the event log holds no valid events")
     dates = snapshot_dates(start, end, every_days)
-    first_seen = events.group_by("customer_id").agg(pl.col("t").min().alias("first_t")).collect()
+    events = clean_log(log)
+    summary = (
+        events.group_by("customer_id")
+        .agg(pl.col("t").min().alias("first_t"), pl.col("t").max().alias("last_t"))
+        .collect()
+    )
+    if summary.height == 0:
+        raise DataError("the event log holds no valid events")
+    end_us = int(summary["last_t"].max())  # type: ignore[arg-type]
     grid = (
-        first_seen.join(
+        summary.select("customer_id", "first_t")
+        .join(
             pl.DataFrame({"as_of": dates}, schema={"as_of": pl.Datetime("us", "UTC")}), how="cross"
         )
         .filter(pl.col("first_t") <= pl.col("as_of").cast(pl.Int64))
         .select("customer_id", "as_of")
-        .sort("as_of", "customer_id")
+        .sort("customer_id", "as_of")
     )
     if grid.height == 0:
         raise DataError(f"no customer is known between {start} and {end}: the period is empty")
-    labelled, counts = label_snapshots(events, grid, cfg, end_us)
-    if labelled.height == 0:
+    customers = grid["customer_id"].unique().sort()
+    chunks = [
+        customers[i : i + chunk_customers] for i in range(0, customers.len(), chunk_customers)
+    ]
+    frames: list[pl.DataFrame] = []
+    counts: dict[str, int] = {}
+    for n, ids in enumerate(chunks, 1):
+        chunk_log = log.filter(pl.col("customer_id").is_in(ids.implode()))
+        chunk_grid = grid.filter(pl.col("customer_id").is_in(ids.implode()))
+        labelled, chunk_counts = label_snapshots(clean_log(chunk_log), chunk_grid, cfg, end_us)
+        for key, value in chunk_counts.items():
+            counts[key] = counts.get(key, 0) + value
+        if labelled.height:
+            feats = offline_features(chunk_log, labelled.select("customer_id", "as_of"))
+            frames.append(
+                pl.concat(
+                    [
+                        labelled.select("customer_id", "as_of", "churn", "value_minor"),
+                        feats.drop("customer_id", "as_of"),
+                    ],
+                    how="horizontal",
+                )
+            )
+        if progress:
+            progress(n, len(chunks))
+    if not frames:
         last = datetime.fromtimestamp(end_us / 1e6, tz=UTC).date()
         raise DataError(
             f"no snapshot has a full {cfg.horizon_days}-day horizon: the data end on {last}; "
             f"end the period by {last - timedelta(days=cfg.horizon_days)}"
         )
-    feats = offline_features(log, labelled.select("customer_id", "as_of"))
-    frame = pl.concat(
-        [
-            labelled.select("customer_id", "as_of", "churn", "value_minor"),
-            feats.drop("customer_id", "as_of"),
-        ],
-        how="horizontal",
-    )
+    frame = pl.concat(frames).sort("as_of", "customer_id")
     return TrainingSet(frame, counts, cfg, feature_fingerprint(), time.perf_counter() - began)

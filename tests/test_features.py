@@ -258,8 +258,9 @@ def test_finalize_is_vectorised_and_matches_row_by_row(tmp_path: Path) -> None:
 def test_a_hash_collision_is_not_taken_for_a_duplicate() -> None:
     by_hash: dict[int, str] = {}
     pair: tuple[str, str] | None = None
-    for i in range(200_000):
-        ident = f"evt-{i}"
+    rng = np.random.default_rng(0)
+    for _ in range(200_000):
+        ident = f"evt-{int(rng.integers(0, 2**62)):x}"
         h = event_hash(ident)
         if h in by_hash:
             pair = (by_hash[h], ident)
