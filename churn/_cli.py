@@ -237,7 +237,9 @@ def _cmd_features(args: argparse.Namespace) -> int:
             inactivity_days=args.inactivity_days,
             value_days=args.value_days,
         )
-        result = build_training_set(log, args.start, args.end, args.every, labels)
+        result = build_training_set(
+            log, args.start, args.end, args.every, labels, progress=_progress
+        )
         args.out.parent.mkdir(parents=True, exist_ok=True)
         result.frame.write_parquet(args.out)
         print(result.format())

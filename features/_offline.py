@@ -31,6 +31,22 @@ __all__ = ["clean_log", "offline_aggregates", "offline_features", "scan_log"]
 _VALUE: Final = {"amount_minor", "balance_minor", "score", "days_late"}
 _SIG: Final = {s.name: i for i, s in enumerate(SIGNALS)}
 REQUIRED_COLUMNS: Final = ("event_id", "customer_id", "event_type", "occurred_at")
+_NEEDED: Final = [
+    *REQUIRED_COLUMNS,
+    "raw",
+    "amount_minor",
+    "balance_minor",
+    "score",
+    "days_late",
+    "channel",
+    "counterparty",
+    "merchant_category",
+    "satisfied",
+    "product_id",
+    "product_type",
+    "complaint_id",
+    "segment",
+]
 
 
 def scan_log(path: Path | str) -> pl.LazyFrame:
@@ -73,7 +89,12 @@ def _signal_rows(events: pl.DataFrame) -> pl.DataFrame:
         frames = [by_type[(t,)] for t in sorted(sig.event_types) if (t,) in by_type]
         if not frames:
             continue
-        frame = pl.concat(frames) if len(frames) > 1 else frames[0]
+        # one filter over all events keeps the (customer, time) order of several types
+        frame = (
+            events.filter(pl.col("event_type").is_in(sorted(sig.event_types)))
+            if len(frames) > 1
+            else frames[0]
+        )
         cond = pl.lit(True)
         for name, allowed in sig.where:
             cond &= pl.col(name).is_in(list(allowed))
@@ -116,12 +137,12 @@ def offline_aggregates(log: pl.LazyFrame, snapshots: pl.DataFrame) -> pl.DataFra
         .with_columns(pl.col("as_of").dt.cast_time_unit("us").cast(pl.Int64).alias("as_of_us"))
         .with_columns((pl.col("as_of_us") // DAY_US).alias("as_of_day"))
     )
-    events_all = clean_log(log).collect()
+    events_all = clean_log(log.select(_NEEDED)).collect()
     customers = pl.concat([events_all["customer_id"], snaps["customer_id"]]).unique().sort()
     codes = pl.Enum(customers)
     events_df = events_all.with_columns(
         pl.col("customer_id").cast(codes).to_physical().cast(pl.Int64).alias("cust")
-    )
+    ).sort("cust", "t")
     snaps = snaps.with_columns(
         pl.col("customer_id").cast(codes).to_physical().cast(pl.Int64).alias("cust")
     )
@@ -159,7 +180,7 @@ def offline_aggregates(log: pl.LazyFrame, snapshots: pl.DataFrame) -> pl.DataFra
 
 _ADDITIVE: Final = ("count", "sum", "days")
 _LIFETIME: Final = ("count", "sum", "first_us", "last_us", "last")
-_KEY_SPAN: Final = 64  # key = customer code * 64 + signal
+_KEY_SPAN: Final = 1 << 32  # key = signal * 2^32 + customer code
 
 
 def _grouped_cumsum(values: np.ndarray, start: np.ndarray, group: np.ndarray) -> np.ndarray:
@@ -183,20 +204,16 @@ def _additive(rows: pl.DataFrame, snaps: pl.DataFrame) -> pl.LazyFrame:
     windows: dict[int, set[int]] = {}
     for a in window_aggs:
         windows.setdefault(_SIG[a.signal], set()).add(int(a.window or 0))
-    sorted_rows = (
-        rows.lazy()
-        .filter(pl.col("sig").is_in(sigs))
-        .select(
-            (pl.col("cust") * _KEY_SPAN + pl.col("sig").cast(pl.Int64)).alias("k"),
-            "t",
-            "value",
-            "day",
-        )
-        .sort("k", "t", "value")
-        .collect()
+    # rows come per signal, each sorted by (customer, time): with the key
+    # signal * 2^32 + customer they are sorted by (key, time) already
+    sorted_rows = rows.filter(pl.col("sig").is_in(sigs)).select(
+        (pl.col("sig").cast(pl.Int64) * _KEY_SPAN + pl.col("cust")).alias("k"), "t", "value", "day"
     )
     k = sorted_rows["k"].to_numpy()
     t = sorted_rows["t"].to_numpy()
+    if k.size and not (np.all(np.diff(k) >= 0) and np.all((np.diff(t) >= 0) | (np.diff(k) > 0))):
+        sorted_rows = sorted_rows.sort("k", "t")
+        k, t = sorted_rows["k"].to_numpy(), sorted_rows["t"].to_numpy()
     day = sorted_rows["day"].to_numpy()
     value = sorted_rows["value"].to_numpy()
     start = np.r_[0, np.flatnonzero(np.diff(k)) + 1] if k.size else np.zeros(0, np.int64)
@@ -204,16 +221,21 @@ def _additive(rows: pl.DataFrame, snaps: pl.DataFrame) -> pl.LazyFrame:
     newday = np.ones(k.size, np.int64)
     if k.size:
         newday[1:] = ((day[1:] != day[:-1]) | (k[1:] != k[:-1])).astype(np.int64)
-    # several events at the same time: keep the last row (cumulative sums include all;
-    # its value is the largest, the tie rule of "last")
+    # several events at the same time: keep the last row of the tie (cumulative sums
+    # include them all) with the largest value of the tie (the tie rule of "last")
     last_of_time = np.ones(k.size, bool)
+    tie_start = np.ones(k.size, bool)
     if k.size:
         last_of_time[:-1] = (k[1:] != k[:-1]) | (t[1:] != t[:-1])
+        tie_start[1:] = last_of_time[:-1]
+        value_last = np.maximum.reduceat(value, np.flatnonzero(tie_start))
+    else:
+        value_last = value
     tiles = pl.DataFrame(
         {
             "k": k[last_of_time],
             "t": t[last_of_time],
-            "v": value[last_of_time],
+            "v": value_last,
             "cn": _grouped_cumsum(np.ones(k.size, np.int64), start, group)[last_of_time],
             "cs": _grouped_cumsum(value, start, group)[last_of_time],
             "cd": _grouped_cumsum(newday, start, group)[last_of_time],
@@ -224,7 +246,7 @@ def _additive(rows: pl.DataFrame, snaps: pl.DataFrame) -> pl.LazyFrame:
     probes = (
         snaps.select("snap", "cust", "as_of_us", "as_of_day")
         .join(pl.DataFrame({"sig": sigs}, schema={"sig": pl.Int64}), how="cross")
-        .with_columns((pl.col("cust") * _KEY_SPAN + pl.col("sig")).alias("k"))
+        .with_columns((pl.col("sig") * _KEY_SPAN + pl.col("cust")).alias("k"))
         .sort("k", "as_of_us")
     )
     snap_ix = probes["snap"].to_numpy()
