@@ -268,6 +268,21 @@ def _cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
     print(f"Simulating {cfg.customers:,} customers over {cfg.months} months into {out} ...")
     summary = write_parquet(cfg, out, _progress)
     print(summary.format())
+
+    from datetime import timedelta
+
+    from features import scan_log
+    from features._trainset import build_training_set
+
+    train_out = data_dir / "train.parquet"
+    first = cfg.start + timedelta(days=180)
+    last = cfg.end - timedelta(days=91)
+    if last >= first:
+        print(f"\nBuilding a point-in-time training set ({first} .. {last}, every 30 days) ...")
+        ts = build_training_set(scan_log(out), first, last, 30, progress=_progress)
+        ts.frame.write_parquet(train_out)
+        print(ts.format())
+        print(f"  written: {train_out}")
     return 0
 
 

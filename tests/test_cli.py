@@ -85,3 +85,14 @@ def test_console_script_runs() -> None:
     )
     assert proc.returncode == 0
     assert "simulate" in proc.stdout
+
+
+def test_demo_simulates_and_builds_a_training_set(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["demo", "--customers", "300", "--months", "12", "--data-dir", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "Simulated bank: 300 customers" in out
+    assert "training set:" in out
+    train = pl.read_parquet(tmp_path / "train.parquet")
+    assert {"churn", "value_minor", "logins_30d"} <= set(train.columns)
