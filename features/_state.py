@@ -74,12 +74,12 @@ def to_us(when: datetime) -> int:
 
 
 def event_hash(event_id: str) -> int:
-    """24-bit hash of an event id (CRC-32, truncated), stable across processes.
+    """16-bit hash of an event id (CRC-32, truncated), stable across processes.
 
     Short, to keep the state small: a hash match counts as a duplicate only when
     the whole record (time, balance, signals, value) matches as well.
     """
-    return zlib.crc32(event_id.encode()) & 0xFFFFFF
+    return zlib.crc32(event_id.encode()) & 0xFFFF
 
 
 def _matcher(sig_index: int) -> Any:
@@ -143,7 +143,7 @@ class CustomerState:
         self.customer_id = customer_id
         self.max_t: int | None = None
         self.records: list[Record] = []
-        self.seen: dict[int, int] = {}  # 24-bit event-id hash -> records holding it
+        self.seen: dict[int, int] = {}  # event-id hash -> records holding it
         self.life: dict[int, list[int]] = {}
         self.carry_balance: tuple[int, int] | None = None  # last (t, balance) expired
         self.products: dict[str, tuple[int, int, int]] = {}  # id -> (t, is_closed, type)
@@ -181,7 +181,7 @@ class CustomerState:
         records = self.records
         seen = self.seen
         if h in seen:
-            # a 24-bit hash match is a duplicate only if the whole record matches too
+            # a hash match is a duplicate only if the whole record matches too
             i = bisect.bisect_left(records, record)
             if i < len(records) and records[i] == record:
                 return "duplicate"
@@ -389,18 +389,14 @@ class CustomerState:
     def to_bytes(self) -> bytes:
         """Compact, versioned serialisation: a version byte, then zlib(msgpack); no pickle.
 
-        Records are stored column by column, times and balances as differences.
+        Records are stored column by column (see :func:`_pack_records`).
         """
-        arr = np.array(self.records, dtype=np.int64).reshape(-1, 6)
-        if arr.shape[0] > 1:
-            arr[1:, _T] = np.diff(arr[:, _T])
-            arr[1:, _BAL] = np.diff(arr[:, _BAL])
         body = _ENCODER.encode(
             (
                 self.customer_id,
                 self.max_t,
-                arr.shape[0],
-                arr.T.tobytes(),
+                len(self.records),
+                _pack_records(self.records),
                 sorted(self.life.items()),
                 self.carry_balance,
                 sorted(self.products.items()),
@@ -425,11 +421,7 @@ class CustomerState:
             raise DataError(f"corrupt customer state: {exc}") from exc
         s = cls(fields[0])
         s.max_t = fields[1]
-        arr = np.frombuffer(fields[3], dtype=np.int64).reshape(6, fields[2]).T.copy()
-        if arr.shape[0] > 1:
-            arr[:, _T] = np.cumsum(arr[:, _T])
-            arr[:, _BAL] = np.cumsum(arr[:, _BAL])
-        s.records = [tuple(r) for r in arr.tolist()]  # type: ignore[misc]
+        s.records = _unpack_records(fields[3], fields[2])
         for r in s.records:
             s.seen[r[_HASH]] = s.seen.get(r[_HASH], 0) + 1
         s.life = {int(k): list(v) for k, v in fields[4]}
@@ -452,6 +444,55 @@ class CustomerState:
         for ev in events:
             state.apply(ev)
         return state
+
+
+def _bits(*names: str) -> int:
+    return sum(1 << _SIG_INDEX[n] for n in names)
+
+
+_BALANCE_BIT: Final = _bits("balance")
+_IN_BITS: Final = _bits("salary", "inflow_ext", "inflow_int", "interest")
+_OUT_BITS: Final = _bits("card", "outflow_ext", "outflow_int", "cash", "fee", "loan_repayment")
+
+
+def _pack_records(records: list[Record]) -> bytes:
+    """Records as six columns, lossless and small.
+
+    Times as differences; the balance as the difference from the previous balance
+    minus the signed amount (zero for a well-behaved ledger); all zigzag-encoded and
+    split into byte planes so that zlib finds the zero bytes.
+    """
+    arr = np.array(records, dtype=np.int64).reshape(-1, 6)
+    n = arr.shape[0]
+    if n == 0:
+        return b""
+    t, bal, mask, value = arr[:, _T], arr[:, _BAL], arr[:, _MASK], arr[:, _VALUE]
+    money = (mask & _BALANCE_BIT) != 0
+    idx = np.where(money, np.arange(n), -1)
+    last_money = np.maximum.accumulate(idx)
+    carried = np.where(last_money >= 0, bal[np.maximum(last_money, 0)], 0)
+    step = np.diff(carried, prepend=0)
+    sign = np.where(mask & _IN_BITS, 1, np.where(mask & _OUT_BITS, -1, 0))
+    cols = arr.T.copy()
+    cols[_T] = np.diff(t, prepend=0)
+    cols[_BAL] = np.where(money, step - sign * value, 0)
+    zigzag = (cols << 1) ^ (cols >> 63)
+    return bytes(zigzag.view(np.uint8).reshape(6, n, 8).transpose(0, 2, 1).tobytes())
+
+
+def _unpack_records(blob: bytes, n: int) -> list[Record]:
+    if n == 0:
+        return []
+    planes = np.frombuffer(blob, dtype=np.uint8).reshape(6, 8, n).transpose(0, 2, 1).copy()
+    zigzag = planes.view(np.int64).reshape(6, n)
+    cols = (zigzag >> 1) ^ -(zigzag & 1)
+    mask, value = cols[_MASK], cols[_VALUE]
+    money = (mask & _BALANCE_BIT) != 0
+    sign = np.where(mask & _IN_BITS, 1, np.where(mask & _OUT_BITS, -1, 0))
+    carried = np.cumsum(np.where(money, cols[_BAL] + sign * value, 0))
+    cols[_T] = np.cumsum(cols[_T])
+    cols[_BAL] = np.where(money, carried, 0)
+    return [tuple(r) for r in cols.T.tolist()]  # type: ignore[misc]
 
 
 _ENCODER: Final = msgspec.msgpack.Encoder()
