@@ -492,7 +492,7 @@ def _unpack_records(blob: bytes, n: int) -> list[Record]:
     carried = np.cumsum(np.where(money, cols[_BAL] + sign * value, 0))
     cols[_T] = np.cumsum(cols[_T])
     cols[_BAL] = np.where(money, carried, 0)
-    return [tuple(r) for r in cols.T.tolist()]  # type: ignore[misc]
+    return [tuple(r) for r in cols.T.tolist()]
 
 
 _ENCODER: Final = msgspec.msgpack.Encoder()
