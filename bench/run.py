@@ -115,8 +115,7 @@ def bench_features(runs: int, online_customers: int, big: int) -> list[str]:
     import numpy as np
     import polars as pl
 
-    from features import CustomerState, scan_log
-    from features._trainset import build_training_set
+    from features import CustomerState, build_training_set, scan_log
     from features.events import events_from_frame
     from simulator import SimConfig, write_parquet
 

@@ -220,9 +220,7 @@ def _cmd_validate(args: argparse.Namespace) -> int:
 def _cmd_features(args: argparse.Namespace) -> int:
     import polars as pl
 
-    from features import FEATURES, check_parity, scan_log
-    from features._labels import LabelConfig
-    from features._trainset import build_training_set
+    from features import FEATURES, LabelConfig, build_training_set, check_parity, scan_log
 
     if args.features_command == "list":
         for f in FEATURES:
@@ -271,8 +269,7 @@ def _cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
 
     from datetime import timedelta
 
-    from features import scan_log
-    from features._trainset import build_training_set
+    from features import build_training_set, scan_log
 
     train_out = data_dir / "train.parquet"
     first = cfg.start + timedelta(days=180)

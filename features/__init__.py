@@ -15,9 +15,12 @@ from features._definitions import (
     feature_fingerprint,
     finalize,
 )
+from features._labels import CHURN_DEFINITIONS, LabelConfig, label_snapshots
 from features._offline import clean_log, offline_aggregates, offline_features, scan_log
+from features._parallel import ordered_map
 from features._parity import ParityReport, check_parity
 from features._state import STATE_VERSION, CustomerState, event_hash, to_us
+from features._trainset import TrainingSet, build_training_set, snapshot_dates
 from features.errors import (
     ChurnEngineError,
     ConfigError,
@@ -28,6 +31,7 @@ from features.errors import (
 
 __all__ = [
     "AGGREGATES",
+    "CHURN_DEFINITIONS",
     "FEATURES",
     "FEATURES_BY_NAME",
     "SIGNALS",
@@ -40,16 +44,22 @@ __all__ = [
     "DataError",
     "Feature",
     "InvalidEventError",
+    "LabelConfig",
     "ModelNotFoundError",
     "ParityReport",
     "Signal",
+    "TrainingSet",
+    "build_training_set",
     "check_parity",
     "clean_log",
     "event_hash",
     "feature_fingerprint",
     "finalize",
+    "label_snapshots",
     "offline_aggregates",
     "offline_features",
+    "ordered_map",
     "scan_log",
+    "snapshot_dates",
     "to_us",
 ]

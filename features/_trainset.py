@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -12,6 +13,7 @@ import polars as pl
 from features._definitions import FEATURES, feature_fingerprint
 from features._labels import LabelConfig, label_snapshots
 from features._offline import clean_log, offline_features
+from features._parallel import ordered_map
 from features.errors import DataError
 
 __all__ = ["TrainingSet", "build_training_set", "snapshot_dates"]
@@ -58,6 +60,26 @@ def snapshot_dates(start: date, end: date, every_days: int) -> list[datetime]:
     return out
 
 
+def _chunk(
+    job: tuple[pl.LazyFrame, pl.Series, LabelConfig, int, pl.DataFrame],
+) -> tuple[pl.DataFrame | None, dict[str, int]]:
+    """Labels and features of one chunk of customers (runs in a worker process)."""
+    log, ids, cfg, end_us, grid = job
+    chunk_log = log.filter(pl.col("customer_id").is_in(ids.implode()))
+    labelled, counts = label_snapshots(clean_log(chunk_log), grid, cfg, end_us)
+    if labelled.height == 0:
+        return None, counts
+    feats = offline_features(chunk_log, labelled.select("customer_id", "as_of"))
+    frame = pl.concat(
+        [
+            labelled.select("customer_id", "as_of", "churn", "value_minor"),
+            feats.drop("customer_id", "as_of"),
+        ],
+        how="horizontal",
+    )
+    return frame, counts
+
+
 def build_training_set(
     log: pl.LazyFrame,
     start: date,
@@ -66,11 +88,13 @@ def build_training_set(
     labels: LabelConfig | None = None,
     chunk_customers: int = 8_000,
     progress: Callable[[int, int], None] | None = None,
+    workers: int | None = None,
 ) -> TrainingSet:
     """Features and labels at every snapshot of every customer known at that time.
 
     Customers are processed in chunks (their events read with a filter that Parquet
-    statistics prune), so memory depends on the chunk, not on the bank.
+    statistics prune), so memory depends on the chunk, not on the bank; chunks run
+    on ``workers`` processes (default: one per core).
     """
     began = time.perf_counter()
     cfg = labels or LabelConfig()
@@ -96,30 +120,22 @@ def build_training_set(
     if grid.height == 0:
         raise DataError(f"no customer is known between {start} and {end}: the period is empty")
     customers = grid["customer_id"].unique().sort()
-    chunks = [
-        customers[i : i + chunk_customers] for i in range(0, customers.len(), chunk_customers)
-    ]
+    jobs = []
+    for i in range(0, customers.len(), chunk_customers):
+        ids = customers[i : i + chunk_customers]
+        jobs.append(
+            (log, ids, cfg, end_us, grid.filter(pl.col("customer_id").is_in(ids.implode())))
+        )
     frames: list[pl.DataFrame] = []
     counts: dict[str, int] = {}
-    for n, ids in enumerate(chunks, 1):
-        chunk_log = log.filter(pl.col("customer_id").is_in(ids.implode()))
-        chunk_grid = grid.filter(pl.col("customer_id").is_in(ids.implode()))
-        labelled, chunk_counts = label_snapshots(clean_log(chunk_log), chunk_grid, cfg, end_us)
+    n_workers = min(workers or os.cpu_count() or 1, len(jobs))
+    for n, (frame, chunk_counts) in enumerate(ordered_map(_chunk, jobs, n_workers), 1):
         for key, value in chunk_counts.items():
             counts[key] = counts.get(key, 0) + value
-        if labelled.height:
-            feats = offline_features(chunk_log, labelled.select("customer_id", "as_of"))
-            frames.append(
-                pl.concat(
-                    [
-                        labelled.select("customer_id", "as_of", "churn", "value_minor"),
-                        feats.drop("customer_id", "as_of"),
-                    ],
-                    how="horizontal",
-                )
-            )
+        if frame is not None:
+            frames.append(frame)
         if progress:
-            progress(n, len(chunks))
+            progress(n, len(jobs))
     if not frames:
         last = datetime.fromtimestamp(end_us / 1e6, tz=UTC).date()
         raise DataError(

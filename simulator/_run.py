@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import contextlib
+import functools
 import logging
-import multiprocessing
 import os
 import time
-from collections import Counter, defaultdict, deque
-from collections.abc import Callable, Iterator
-from concurrent.futures import Future, ProcessPoolExecutor
+from collections import Counter, defaultdict
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -18,6 +16,7 @@ import polars as pl
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from features import ordered_map
 from simulator import _bank as K
 from simulator._config import SEGMENTS, SimConfig
 from simulator._output import (
@@ -186,24 +185,9 @@ def simulate(
             progress(i + 1, len(indices))
 
     try:
-        if workers <= 1:
-            for i in indices:
-                consume(_produce(cfg, i, dataset), i)
-        else:
-            ctx = multiprocessing.get_context("spawn")
-            with (
-                _single_threaded_children(),
-                ProcessPoolExecutor(workers, mp_context=ctx) as pool,
-            ):
-                pending: deque[tuple[int, Future[Produced]]] = deque()
-                for i in indices:
-                    pending.append((i, pool.submit(_produce, cfg, i, dataset)))
-                    if len(pending) > workers:
-                        j, future = pending.popleft()
-                        consume(future.result(), j)
-                while pending:
-                    j, future = pending.popleft()
-                    consume(future.result(), j)
+        produce = functools.partial(_produce, cfg, dataset=dataset)
+        for i, result in zip(indices, ordered_map(produce, indices, workers), strict=True):
+            consume(result, i)
         if truth is not None and dirty_rows:
             truth.write("dirty", pl.DataFrame(dirty_rows))
     finally:
@@ -212,22 +196,6 @@ def simulate(
             truth.close()
     summary.seconds = time.perf_counter() - began
     return summary
-
-
-@contextlib.contextmanager
-def _single_threaded_children() -> Iterator[None]:
-    """Worker processes each use one core: no thread pools fighting over the cores."""
-    names = ("POLARS_MAX_THREADS", "OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "ARROW_NUM_THREADS")
-    saved = {k: os.environ.get(k) for k in names}
-    os.environ.update(dict.fromkeys(names, "1"))
-    try:
-        yield
-    finally:
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
 
 
 def _merge(total: SimSummary, part: SimSummary) -> None:

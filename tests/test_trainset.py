@@ -187,3 +187,12 @@ def test_cli_builds_a_training_set_and_checks_parity(
         )
         == 2
     )
+
+
+def test_chunks_and_worker_processes_do_not_change_the_result(bank: Path) -> None:
+    one = build_training_set(scan_log(bank), date(2024, 9, 1), date(2025, 3, 1), 60, workers=1)
+    many = build_training_set(
+        scan_log(bank), date(2024, 9, 1), date(2025, 3, 1), 60, chunk_customers=150, workers=2
+    )
+    assert one.frame.equals(many.frame)
+    assert one.counts == many.counts
