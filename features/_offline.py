@@ -71,6 +71,11 @@ def scan_log(path: Path | str) -> pl.LazyFrame:
     return lf.with_columns(pl.lit(None, dt).alias(c) for c, dt in absent.items())
 
 
+def needed_columns() -> list[str]:
+    """The log columns the offline features and labels read."""
+    return list(_NEEDED)
+
+
 def clean_log(log: pl.LazyFrame) -> pl.LazyFrame:
     """Typed events only (no raw records), each event id once, with ``t`` (µs) and ``day``."""
     return (
@@ -125,7 +130,9 @@ def _signal_rows(events: pl.DataFrame) -> pl.DataFrame:
     return pl.concat(parts)
 
 
-def offline_aggregates(log: pl.LazyFrame, snapshots: pl.DataFrame) -> pl.DataFrame:
+def offline_aggregates(
+    log: pl.LazyFrame, snapshots: pl.DataFrame, *, cleaned: bool = False
+) -> pl.DataFrame:
     """Aggregates (one column per :data:`AGGREGATES` key) for each snapshot row.
 
     ``snapshots`` has ``customer_id`` and ``as_of`` (aware datetimes); the result has
@@ -137,7 +144,7 @@ def offline_aggregates(log: pl.LazyFrame, snapshots: pl.DataFrame) -> pl.DataFra
         .with_columns(pl.col("as_of").dt.cast_time_unit("us").cast(pl.Int64).alias("as_of_us"))
         .with_columns((pl.col("as_of_us") // DAY_US).alias("as_of_day"))
     )
-    events_all = clean_log(log.select(_NEEDED)).collect()
+    events_all = (log if cleaned else clean_log(log.select(_NEEDED))).collect()
     customers = pl.concat([events_all["customer_id"], snaps["customer_id"]]).unique().sort()
     codes = pl.Enum(customers)
     events_df = events_all.with_columns(
@@ -410,9 +417,14 @@ def _entities(events: pl.LazyFrame, snaps: pl.DataFrame) -> pl.LazyFrame:
     )
 
 
-def offline_features(log: pl.LazyFrame, snapshots: pl.DataFrame) -> pl.DataFrame:
-    """Features for each snapshot (``customer_id``, ``as_of``) of ``snapshots``."""
-    aggs = offline_aggregates(log, snapshots)
+def offline_features(
+    log: pl.LazyFrame, snapshots: pl.DataFrame, *, cleaned: bool = False
+) -> pl.DataFrame:
+    """Features for each snapshot (``customer_id``, ``as_of``) of ``snapshots``.
+
+    ``cleaned=True`` says ``log`` already went through :func:`clean_log`.
+    """
+    aggs = offline_aggregates(log, snapshots, cleaned=cleaned)
     values = finalize({a.key: aggs[a.key].to_numpy() for a in AGGREGATES})
     return aggs.select("customer_id", "as_of").with_columns(
         pl.Series(name, v) for name, v in values.items()

@@ -12,7 +12,7 @@ import polars as pl
 
 from features._definitions import FEATURES, feature_fingerprint
 from features._labels import LabelConfig, label_snapshots
-from features._offline import clean_log, offline_features
+from features._offline import clean_log, needed_columns, offline_features
 from features._parallel import ordered_map
 from features.errors import DataError
 
@@ -65,11 +65,12 @@ def _chunk(
 ) -> tuple[pl.DataFrame | None, dict[str, int]]:
     """Labels and features of one chunk of customers (runs in a worker process)."""
     log, ids, cfg, end_us, grid = job
-    chunk_log = log.filter(pl.col("customer_id").is_in(ids.implode()))
-    labelled, counts = label_snapshots(clean_log(chunk_log), grid, cfg, end_us)
+    chunk_log = log.filter(pl.col("customer_id").is_in(ids.implode())).select(needed_columns())
+    events = clean_log(chunk_log).collect().lazy()  # read and deduplicated once
+    labelled, counts = label_snapshots(events, grid, cfg, end_us)
     if labelled.height == 0:
         return None, counts
-    feats = offline_features(chunk_log, labelled.select("customer_id", "as_of"))
+    feats = offline_features(events, labelled.select("customer_id", "as_of"), cleaned=True)
     frame = pl.concat(
         [
             labelled.select("customer_id", "as_of", "churn", "value_minor"),
