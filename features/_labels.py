@@ -33,6 +33,7 @@ from typing import Final, Literal
 import polars as pl
 
 from features._definitions import DAY_US, SIGNALS_BY_NAME
+from features._offline import signal_condition
 from features.errors import ConfigError
 
 __all__ = ["CHURN_DEFINITIONS", "LabelConfig", "data_end", "label_snapshots"]
@@ -107,10 +108,7 @@ def _churn_times(events: pl.LazyFrame, cfg: LabelConfig, data_end_us: int) -> pl
         return moves.filter((pl.col("open") == 0) & (pl.col("delta") == -1)).select(
             "customer_id", pl.col("t").alias("churn_t")
         )
-    sig = SIGNALS_BY_NAME["initiated"]
-    cond = pl.col("event_type").is_in(sorted(sig.event_types))
-    for name, banned in sig.where_not:
-        cond &= ~pl.col(name).is_in(list(banned)).fill_null(False)
+    cond = signal_condition(SIGNALS_BY_NAME["initiated"])
     gap = cfg.inactivity_days * DAY_US
     acts = (
         events.filter(cond)
@@ -195,10 +193,7 @@ def _already_churned(events: pl.LazyFrame, snaps: pl.DataFrame, cfg: LabelConfig
             .select("snap", (pl.col("open").fill_null(0) == 0).alias("already"))
             .collect()
         )
-    sig = SIGNALS_BY_NAME["initiated"]
-    cond = pl.col("event_type").is_in(sorted(sig.event_types))
-    for name, banned in sig.where_not:
-        cond &= ~pl.col(name).is_in(list(banned)).fill_null(False)
+    cond = signal_condition(SIGNALS_BY_NAME["initiated"])
     last = (
         events.filter(cond)
         .select("customer_id", "t")

@@ -21,6 +21,7 @@ from features._definitions import (
     MONTH_DAYS,
     SIGNALS,
     Agg,
+    Signal,
     finalize,
 )
 from features.errors import DataError
@@ -86,6 +87,23 @@ def clean_log(log: pl.LazyFrame) -> pl.LazyFrame:
     )
 
 
+def signal_predicate(sig: Signal) -> pl.Expr:
+    """The field conditions of a signal (not its event types) as a polars expression."""
+    cond = pl.lit(True)
+    for name, allowed in sig.where:
+        cond &= pl.col(name).is_in(list(allowed))
+    for name, banned in sig.where_not:
+        cond &= ~pl.col(name).is_in(list(banned)).fill_null(False)
+    if sig.positive and sig.value:
+        cond &= pl.col(sig.value) > 0
+    return cond
+
+
+def signal_condition(sig: Signal) -> pl.Expr:
+    """Events that feed a signal: its event types and field conditions."""
+    return pl.col("event_type").is_in(sorted(sig.event_types)) & signal_predicate(sig)
+
+
 def _signal_rows(events: pl.DataFrame) -> pl.DataFrame:
     """One row per (event, signal it feeds): customer code, signal, time, day, value."""
     by_type = events.partition_by("event_type", as_dict=True)
@@ -100,13 +118,7 @@ def _signal_rows(events: pl.DataFrame) -> pl.DataFrame:
             if len(frames) > 1
             else frames[0]
         )
-        cond = pl.lit(True)
-        for name, allowed in sig.where:
-            cond &= pl.col(name).is_in(list(allowed))
-        for name, banned in sig.where_not:
-            cond &= ~pl.col(name).is_in(list(banned)).fill_null(False)
-        if sig.positive and sig.value:
-            cond &= pl.col(sig.value) > 0
+        cond = signal_predicate(sig)
         value = (
             pl.col(sig.value).cast(pl.Int64)
             if sig.value in _VALUE
