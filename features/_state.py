@@ -97,14 +97,36 @@ def _matcher(sig_index: int) -> Any:
     return match
 
 
-# per event type: (signal index, bit, predicate or None, field giving the value or None)
-_BY_TYPE: Final[dict[str, list[tuple[int, int, Any, str | None]]]] = {}
+# per event type, the signals it may feed: (signal index, bit, field giving the value,
+# predicate kind, predicate field, predicate values); kinds: 0 none, 1 field in values,
+# 2 field not in values, 3 value > 0, 4 anything else (the general matcher)
+_Plan = tuple[int, int, str | None, int, Any, Any]
+_BY_TYPE: Final[dict[str, list[_Plan]]] = {}
 for _i, _s in enumerate(SIGNALS):
-    _plain = not (_s.where or _s.where_not or _s.positive)
+    _conds = len(_s.where) + len(_s.where_not) + int(_s.positive)
+    if _conds == 0:
+        _plan: _Plan = (_i, 1 << _i, _s.value, 0, None, None)
+    elif _conds == 1 and _s.where:
+        _plan = (_i, 1 << _i, _s.value, 1, _s.where[0][0], _s.where[0][1])
+    elif _conds == 1 and _s.where_not:
+        _plan = (_i, 1 << _i, _s.value, 2, _s.where_not[0][0], _s.where_not[0][1])
+    elif _conds == 1:
+        _plan = (_i, 1 << _i, _s.value, 3, _s.value, None)
+    else:
+        _plan = (_i, 1 << _i, _s.value, 4, _matcher(_i), None)
     for _t in _s.event_types:
-        _BY_TYPE.setdefault(_t, []).append(
-            (_i, 1 << _i, None if _plain else _matcher(_i), _s.value)
-        )
+        _BY_TYPE.setdefault(_t, []).append(_plan)
+_ENTITY_TYPES: Final = frozenset(
+    {
+        "card_payment",
+        "product_opened",
+        "product_closed",
+        "complaint_filed",
+        "complaint_resolved",
+        "customer_onboarded",
+        "manager_reassigned",
+    }
+)
 _SIG_INDEX: Final = {s.name: i for i, s in enumerate(SIGNALS)}
 _TAG: Final[dict[type, str]] = {cls: tag for tag, cls in EVENT_TYPES.items()}
 _VALUE_COLUMN: Final = {
@@ -169,10 +191,20 @@ class CustomerState:
         etype = _TAG[type(ev)]
         mask = 0
         fed: list[tuple[int, object]] = []
-        for i, bit, match, field in _BY_TYPE.get(etype, ()):
-            if match is None or match(ev):
-                mask |= bit
-                fed.append((i, getattr(ev, field) if field is not None else 1))
+        for i, bit, field, kind, arg, values in _BY_TYPE.get(etype, ()):
+            if kind == 1:
+                if getattr(ev, arg, None) not in values:
+                    continue
+            elif kind == 2:
+                if getattr(ev, arg, None) in values:
+                    continue
+            elif kind == 3:
+                if not getattr(ev, arg) > 0:
+                    continue
+            elif kind == 4 and not arg(ev):
+                continue
+            mask |= bit
+            fed.append((i, getattr(ev, field) if field is not None else 1))
         bal: int = getattr(ev, "balance_minor", 0)
         amount: int | None = getattr(ev, "amount_minor", None)
         value: int = amount if amount is not None else getattr(ev, "score", 0)
@@ -205,7 +237,8 @@ class CustomerState:
             records.append(record)
         else:
             bisect.insort(records, record)
-        self._entities(ev, etype, t)
+        if etype in _ENTITY_TYPES:
+            self._entities(ev, etype, t)
         if self.max_t is None or t > self.max_t:
             self.max_t = t
             if records[0][0] < (day - LONGEST_WINDOW + 1) * DAY_US:
