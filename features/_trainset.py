@@ -65,7 +65,10 @@ def _chunk(
 ) -> tuple[pl.DataFrame | None, dict[str, int]]:
     """Labels and features of one chunk of customers (runs in a worker process)."""
     log, ids, cfg, end_us, grid = job
-    chunk_log = log.filter(pl.col("customer_id").is_in(ids.implode())).select(needed_columns())
+    # chunks are ranges of sorted customer ids: a range filter lets Parquet
+    # statistics skip the row groups of other customers
+    in_range = pl.col("customer_id").is_between(pl.lit(ids.min()), pl.lit(ids.max()), closed="both")
+    chunk_log = log.filter(in_range).select(needed_columns())
     events = clean_log(chunk_log).collect().lazy()  # read and deduplicated once
     labelled, counts = label_snapshots(events, grid, cfg, end_us)
     if labelled.height == 0:
@@ -100,11 +103,16 @@ def build_training_set(
     began = time.perf_counter()
     cfg = labels or LabelConfig()
     dates = snapshot_dates(start, end, every_days)
-    events = clean_log(log)
+    # first and last event time per customer: duplicates do not change them, so no
+    # deduplication here (the chunks deduplicate their own events)
     summary = (
-        events.group_by("customer_id")
+        log.filter(pl.col("raw").is_null() & pl.col("event_id").is_not_null())
+        .select(
+            "customer_id", pl.col("occurred_at").dt.cast_time_unit("us").cast(pl.Int64).alias("t")
+        )
+        .group_by("customer_id")
         .agg(pl.col("t").min().alias("first_t"), pl.col("t").max().alias("last_t"))
-        .collect()
+        .collect(engine="streaming")
     )
     if summary.height == 0:
         raise DataError("the event log holds no valid events")
