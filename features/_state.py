@@ -116,6 +116,11 @@ for _i, _s in enumerate(SIGNALS):
         _plan = (_i, 1 << _i, _s.value, 4, _matcher(_i), None)
     for _t in _s.event_types:
         _BY_TYPE.setdefault(_t, []).append(_plan)
+# 1: money event (balance, amount), 2: survey (score), 0: neither
+_SHAPE: Final = {
+    tag: 1 if "amount_minor" in cls.__struct_fields__ else 2 if tag == "survey_answered" else 0
+    for tag, cls in EVENT_TYPES.items()
+}
 _ENTITY_TYPES: Final = frozenset(
     {
         "card_payment",
@@ -205,10 +210,15 @@ class CustomerState:
                 continue
             mask |= bit
             fed.append((i, getattr(ev, field) if field is not None else 1))
-        bal: int = getattr(ev, "balance_minor", 0)
-        amount: int | None = getattr(ev, "amount_minor", None)
-        value: int = amount if amount is not None else getattr(ev, "score", 0)
-        aux: int = getattr(ev, "days_late", 0)
+        shape = _SHAPE[etype]  # which of the record's fields this type has
+        if shape == 1:
+            bal: int = ev.balance_minor  # type: ignore[union-attr]
+            value: int = ev.amount_minor  # type: ignore[union-attr]
+            aux: int = ev.days_late if etype == "loan_repayment" else 0  # type: ignore[union-attr]
+        elif shape == 2:
+            bal, value, aux = 0, ev.score, 0  # type: ignore[union-attr]
+        else:
+            bal, value, aux = 0, 0, 0
         record: Record = (t, bal, h, mask, value, aux)
         records = self.records
         seen = self.seen
