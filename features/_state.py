@@ -74,12 +74,12 @@ def to_us(when: datetime) -> int:
 
 
 def event_hash(event_id: str) -> int:
-    """16-bit hash of an event id (CRC-32, truncated), stable across processes.
+    """32-bit hash of an event id (CRC-32), stable across processes.
 
     Short, to keep the state small: a hash match counts as a duplicate only when
     the whole record (time, balance, signals, value) matches as well.
     """
-    return zlib.crc32(event_id.encode()) & 0xFFFF
+    return zlib.crc32(event_id.encode())
 
 
 def _matcher(sig_index: int) -> Any:

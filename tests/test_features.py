@@ -259,7 +259,7 @@ def test_a_hash_collision_is_not_taken_for_a_duplicate() -> None:
     by_hash: dict[int, str] = {}
     pair: tuple[str, str] | None = None
     rng = np.random.default_rng(0)
-    for _ in range(200_000):
+    for _ in range(400_000):
         ident = f"evt-{int(rng.integers(0, 2**62)):x}"
         h = event_hash(ident)
         if h in by_hash:
