@@ -33,7 +33,7 @@ from typing import Final, Literal
 import polars as pl
 
 from features._definitions import DAY_US, SIGNALS_BY_NAME
-from features._offline import signal_condition
+from features._offline import held_products, signal_condition
 from features.errors import ConfigError
 
 __all__ = ["CHURN_DEFINITIONS", "LabelConfig", "data_end", "label_snapshots"]
@@ -172,22 +172,7 @@ def label_snapshots(
 def _already_churned(events: pl.LazyFrame, snaps: pl.DataFrame, cfg: LabelConfig) -> pl.DataFrame:
     s = snaps.lazy().select("snap", "customer_id", "as_of_us")
     if cfg.churn_definition == "last_product":
-        latest = (
-            events.filter(pl.col("event_type").is_in(["product_opened", "product_closed"]))
-            .select(
-                "customer_id",
-                "product_id",
-                "t",
-                (pl.col("event_type") == "product_closed").alias("closed"),
-            )
-            .join(s, on="customer_id")
-            .filter(pl.col("t") <= pl.col("as_of_us"))
-            .sort("snap", "product_id", "t", "closed")
-            .group_by("snap", "product_id")
-            .agg(pl.col("closed").last())
-            .group_by("snap")
-            .agg((~pl.col("closed")).sum().alias("open"))
-        )
+        latest = held_products(events, snaps).group_by("snap").agg(pl.len().alias("open"))
         return (
             s.join(latest, on="snap", how="left")
             .select("snap", (pl.col("open").fill_null(0) == 0).alias("already"))

@@ -353,10 +353,13 @@ def _window_expr(a: Agg) -> pl.Expr:
     raise DataError(f"no offline window computation for {a.key}")
 
 
-def _entities(events: pl.LazyFrame, snaps: pl.DataFrame) -> pl.LazyFrame:
-    s = snaps.lazy().select("snap", "customer_id", "as_of_us")
-    # products: the latest open/close record of each product at as_of (close wins a tie)
-    products = (
+def held_products(events: pl.LazyFrame, snaps: pl.DataFrame) -> pl.LazyFrame:
+    """(snap, product_id, ptype) of the products held at each snapshot's as-of.
+
+    A product is held when its latest open/close record at as-of is an opening
+    (a close at the same time wins, as in the online state).
+    """
+    return (
         events.filter(pl.col("event_type").is_in(["product_opened", "product_closed"]))
         .select(
             "customer_id",
@@ -369,12 +372,20 @@ def _entities(events: pl.LazyFrame, snaps: pl.DataFrame) -> pl.LazyFrame:
             )
             .alias("ptype"),
         )
-        .join(s, on="customer_id")
+        .join(snaps.lazy().select("snap", "customer_id", "as_of_us"), on="customer_id")
         .filter(pl.col("t") <= pl.col("as_of_us"))
         .sort("snap", "product_id", "t", "closed", "ptype")
         .group_by("snap", "product_id")
         .agg(pl.col("closed").last(), pl.col("ptype").last())
         .filter(pl.col("closed") == 0)
+        .select("snap", "product_id", "ptype")
+    )
+
+
+def _entities(events: pl.LazyFrame, snaps: pl.DataFrame) -> pl.LazyFrame:
+    s = snaps.lazy().select("snap", "customer_id", "as_of_us")
+    products = (
+        held_products(events, snaps)
         .group_by("snap")
         .agg(
             pl.len().alias("product_opened.open.life"),

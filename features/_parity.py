@@ -66,7 +66,6 @@ def replay_snapshots(
     applied = 0
     for (cid,), group in typed.group_by("customer_id", maintain_order=True):
         times = group["_t"].to_numpy()
-        n = times.size
         prefix_max = np.maximum.accumulate(times)
         suffix_min = np.minimum.accumulate(times[::-1])[::-1]
         next_min = np.r_[suffix_min[1:], np.iinfo(np.int64).max]
@@ -82,8 +81,6 @@ def replay_snapshots(
                 as_of_us = int(prefix_max[k]) + int(rng.integers(0, max(gap, 0) + 1))
                 online[(str(cid), len(rows))] = state.aggregates(as_of_us)
                 rows.append((str(cid), _from_us(as_of_us)))
-        if n == 0:  # pragma: no cover - group_by yields no empty groups
-            continue
     snapshots = pl.DataFrame(
         rows, schema={"customer_id": pl.String, "as_of": pl.Datetime("us", "UTC")}, orient="row"
     )
