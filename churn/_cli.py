@@ -10,9 +10,14 @@ import sys
 from collections.abc import Sequence
 from datetime import date
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from churn._settings import Settings, env_help
 from features.errors import ChurnEngineError
+
+if TYPE_CHECKING:
+    from features import LabelConfig
+    from training import Store
 
 logger = logging.getLogger(__name__)
 
@@ -109,19 +114,7 @@ def build_parser() -> argparse.ArgumentParser:
     build.add_argument("--start", type=_date, required=True, help="first as-of date (YYYY-MM-DD)")
     build.add_argument("--end", type=_date, required=True, help="last as-of date (YYYY-MM-DD)")
     build.add_argument("--every", type=_days, default=30, help="days between snapshots, e.g. 30d")
-    build.add_argument("--horizon", type=_days, default=90, help="churn horizon, e.g. 90d")
-    build.add_argument(
-        "--churn-definition",
-        choices=["last_product", "inactivity"],
-        default="last_product",
-        help="churn = last product closed, or N days without customer activity",
-    )
-    build.add_argument(
-        "--inactivity-days", type=_days, default=90, help="for --churn-definition inactivity"
-    )
-    build.add_argument(
-        "--value-days", type=_days, default=365, help="period of the value label, e.g. 365d"
-    )
+    _label_args(build)
     build.add_argument("--out", type=Path, required=True, help="training set to write (.parquet)")
     parity = fsub.add_parser(
         "parity", help="replay the log online and compare with offline features"
@@ -139,12 +132,75 @@ def build_parser() -> argparse.ArgumentParser:
         "--seed", type=int, default=0, help="random seed for the sample and as-of times"
     )
 
+    train = sub.add_parser(
+        "train", help="train the churn and value models, evaluate, register a challenger"
+    )
+    train.add_argument("--events", type=Path, help="event log (Parquet file or dataset)")
+    train.add_argument("--train-set", type=Path, help="reuse a built training set (.parquet)")
+    train.add_argument("--start", type=_date, help="first as-of date (default: 180 days in)")
+    train.add_argument(
+        "--end", type=_date, help="last as-of date (default: one horizon before the end)"
+    )
+    train.add_argument("--every", type=_days, default=30, help="days between snapshots, e.g. 30d")
+    _label_args(train)
+    train.add_argument(
+        "--truth", type=Path, help="simulator ground truth (default: <events>.truth)"
+    )
+    train.add_argument(
+        "--seed", type=int, default=7, help="random seed (same seed, same model files)"
+    )
+    train.add_argument("--threads", type=_positive_int, default=2, help="LightGBM threads")
+    train.add_argument("--save-train-set", type=Path, help="also write the training set here")
+    train.add_argument(
+        "--no-register", action="store_true", help="train and evaluate only; register nothing"
+    )
+    train.add_argument("--data-dir", type=Path, default=None, help="default: $CHURN_DATA_DIR")
+
+    prom = sub.add_parser("promote", help="make the challenger the champion if it is not worse")
+    prom.add_argument(
+        "--tolerance", type=float, default=0.005, help="allowed loss of ROC-AUC / gain of ECE"
+    )
+    prom.add_argument("--force", action="store_true", help="promote even if the checks fail")
+    prom.add_argument("--reason", help="why (required with --force; recorded on the version)")
+    prom.add_argument("--by", help="who promotes (default: the login name)")
+    prom.add_argument("--data-dir", type=Path, default=None, help="default: $CHURN_DATA_DIR")
+
+    models = sub.add_parser("models", help="list model versions, aliases and key metrics")
+    models.add_argument("--data-dir", type=Path, default=None, help="default: $CHURN_DATA_DIR")
+
     demo = sub.add_parser("demo", help="the main job on embedded defaults")
     _simulation_args(demo, customers=20_000)
     demo.add_argument(
         "--data-dir", type=Path, default=None, help="default: $CHURN_DATA_DIR or data/"
     )
     return parser
+
+
+def _label_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--horizon", type=_days, default=90, help="churn horizon, e.g. 90d")
+    p.add_argument(
+        "--churn-definition",
+        choices=["last_product", "inactivity"],
+        default="last_product",
+        help="churn = last product closed, or N days without customer activity",
+    )
+    p.add_argument(
+        "--inactivity-days", type=_days, default=90, help="for --churn-definition inactivity"
+    )
+    p.add_argument(
+        "--value-days", type=_days, default=365, help="period of the value label, e.g. 365d"
+    )
+
+
+def _labels(args: argparse.Namespace) -> LabelConfig:
+    from features import LabelConfig
+
+    return LabelConfig(
+        horizon_days=args.horizon,
+        churn_definition=args.churn_definition,
+        inactivity_days=args.inactivity_days,
+        value_days=args.value_days,
+    )
 
 
 def _simulation_args(p: argparse.ArgumentParser, customers: int = 10_000) -> None:
@@ -220,7 +276,7 @@ def _cmd_validate(args: argparse.Namespace) -> int:
 def _cmd_features(args: argparse.Namespace) -> int:
     import polars as pl
 
-    from features import FEATURES, LabelConfig, build_training_set, check_parity, scan_log
+    from features import FEATURES, build_training_set, check_parity, scan_log
 
     if args.features_command == "list":
         for f in FEATURES:
@@ -229,14 +285,8 @@ def _cmd_features(args: argparse.Namespace) -> int:
         return 0
     log = scan_log(args.events)
     if args.features_command == "build":
-        labels = LabelConfig(
-            horizon_days=args.horizon,
-            churn_definition=args.churn_definition,
-            inactivity_days=args.inactivity_days,
-            value_days=args.value_days,
-        )
         result = build_training_set(
-            log, args.start, args.end, args.every, labels, progress=_progress
+            log, args.start, args.end, args.every, _labels(args), progress=_progress
         )
         args.out.parent.mkdir(parents=True, exist_ok=True)
         result.frame.write_parquet(args.out)
@@ -267,19 +317,131 @@ def _cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
     summary = write_parquet(cfg, out, _progress)
     print(summary.format())
 
-    from datetime import timedelta
+    import getpass
+    from datetime import UTC, datetime
 
-    from features import build_training_set, scan_log
+    from features import LabelConfig
+    from training import Store, TrainConfig, promote
+    from training._pipeline import TrainJob, run_training
 
-    train_out = data_dir / "train.parquet"
-    first = cfg.start + timedelta(days=180)
-    last = cfg.end - timedelta(days=91)
-    if last >= first:
-        print(f"\nBuilding a point-in-time training set ({first} .. {last}, every 30 days) ...")
-        ts = build_training_set(scan_log(out), first, last, 30, progress=_progress)
-        ts.frame.write_parquet(train_out)
-        print(ts.format())
-        print(f"  written: {train_out}")
+    store = Store.resolve(data_dir)
+    print(f"\nTraining the churn and value models (tracking: {store.describe()}) ...")
+    job = TrainJob(
+        events=out,
+        train_set=None,
+        labels=LabelConfig(),
+        config=TrainConfig(seed=args.seed),
+        save_train_set=data_dir / "train.parquet",
+    )
+    now = datetime.now(UTC)
+    run_training(job, store, now=now, code_version=code_version(), chunk_progress=_progress)
+    print()
+    print(promote(store, who=getpass.getuser(), now=now).format())
+    return 0
+
+
+def code_version() -> str:
+    """The git commit of the code (``+dirty`` if modified), else the package version."""
+    import subprocess
+    from importlib.metadata import version
+
+    root = Path(__file__).resolve().parent.parent
+    try:
+        sha = subprocess.run(  # noqa: S603 - fixed arguments
+            ["git", "-C", str(root), "rev-parse", "--short=12", "HEAD"],  # noqa: S607
+            capture_output=True,
+            text=True,
+            check=True,
+            timeout=10,
+        ).stdout.strip()
+        dirty = subprocess.run(  # noqa: S603 - fixed arguments
+            ["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"],  # noqa: S607
+            capture_output=True,
+            text=True,
+            check=True,
+            timeout=10,
+        ).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return version("churn-engine")
+    return sha + ("+dirty" if dirty else "")
+
+
+def _store(args: argparse.Namespace, settings: Settings) -> Store:
+    from training import Store
+
+    return Store.resolve(args.data_dir or settings.data_dir)
+
+
+def _cmd_train(args: argparse.Namespace, settings: Settings) -> int:
+    from datetime import UTC, datetime
+
+    from training import TrainConfig
+    from training._pipeline import TrainJob, run_training
+
+    if args.events is None and args.train_set is None:
+        raise ChurnEngineError("give --events (an event log) or --train-set (a built training set)")
+    if args.events is not None and not args.events.exists():
+        raise ChurnEngineError(f"no event log at {args.events}")
+    store = _store(args, settings)
+    job = TrainJob(
+        events=args.events,
+        train_set=args.train_set,
+        labels=_labels(args),
+        config=TrainConfig(seed=args.seed, threads=args.threads),
+        start=args.start,
+        end=args.end,
+        every_days=args.every,
+        truth_dir=args.truth,
+        save_train_set=args.save_train_set,
+        register=not args.no_register,
+    )
+    print(f"tracking: {store.describe()}")
+    run_training(
+        job, store, now=datetime.now(UTC), code_version=code_version(), chunk_progress=_progress
+    )
+    return 0
+
+
+def _cmd_promote(args: argparse.Namespace, settings: Settings) -> int:
+    import getpass
+    from datetime import UTC, datetime
+
+    from training import promote
+
+    result = promote(
+        _store(args, settings),
+        tolerance=args.tolerance,
+        force=args.force,
+        reason=args.reason,
+        who=args.by or getpass.getuser(),
+        now=datetime.now(UTC),
+    )
+    print(result.format())
+    return 0 if result.promoted else 1
+
+
+def _cmd_models(args: argparse.Namespace, settings: Settings) -> int:
+    from training import list_models
+
+    store = _store(args, settings)
+    rows = list_models(store)
+    if not rows:
+        print(f"no registered versions of {store.model_name} in {store.describe()}")
+        return 0
+    print(
+        f"{'version':>7}  {'aliases':<22}{'created (UTC)':<18}{'AUC':>7}{'PR-AUC':>8}"
+        f"{'ECE':>8}{'AUC/oracle':>11}{'value MAE':>12}  features"
+    )
+    for r in rows:
+        print(
+            f"{r['version']:>7}  {','.join(r['aliases']) or '-':<22}"
+            f"{r['created']:%Y-%m-%d %H:%M}  "
+            f"{r.get('test.churn.roc_auc', float('nan')):>7.4f}"
+            f"{r.get('test.churn.pr_auc', float('nan')):>8.4f}"
+            f"{r.get('test.churn.ece', float('nan')):>8.4f}"
+            f"{r.get('test.churn.auc_over_oracle', float('nan')):>11.4f}"
+            f"{r.get('test.value.mae', float('nan')) / 100:>12,.2f}  {r['feature_fingerprint']}"
+        )
     return 0
 
 
@@ -297,6 +459,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _cmd_validate(args)
         if args.command == "features":
             return _cmd_features(args)
+        if args.command == "train":
+            return _cmd_train(args, settings)
+        if args.command == "promote":
+            return _cmd_promote(args, settings)
+        if args.command == "models":
+            return _cmd_models(args, settings)
         if args.command == "demo":
             return _cmd_demo(args, settings)
     except ChurnEngineError as exc:

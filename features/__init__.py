@@ -15,7 +15,7 @@ from features._definitions import (
     feature_fingerprint,
     finalize,
 )
-from features._labels import CHURN_DEFINITIONS, LabelConfig, label_snapshots
+from features._labels import CHURN_DEFINITIONS, LabelConfig, label_snapshots, trailing_value
 from features._offline import clean_log, offline_aggregates, offline_features, scan_log
 from features._parallel import ordered_map
 from features._parity import ParityReport, check_parity
@@ -62,4 +62,5 @@ __all__ = [
     "scan_log",
     "snapshot_dates",
     "to_us",
+    "trailing_value",
 ]

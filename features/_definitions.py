@@ -57,6 +57,10 @@ DAY_US: Final = 86_400_000_000
 WINDOWS: Final = (7, 30, 90, 180)
 LONGEST_WINDOW: Final = max(WINDOWS)
 MONTH_DAYS: Final = 30
+# how the bank earns from a customer (shared by the revenue feature and the value label)
+INTERCHANGE: Final = 0.0045  # of card spend
+DEPOSIT_SPREAD: Final = 0.018  # per year, of the average positive balance
+LOAN_MARGIN_SHARE: Final = 0.22  # of loan instalments
 
 Window = Literal[7, 30, 90, 180] | None  # None = lifetime
 Stat = Literal[
@@ -721,6 +725,17 @@ FEATURES: Final[tuple[Feature, ...]] = (
         "changes",
         _count("manager_change", 180),
         "times the relationship manager changed in 180 days",
+    ),
+    _f(
+        "revenue_180d",
+        "minor units",
+        add(
+            A("fee", "sum", 180),
+            Expr("scale", (A("card", "sum", 180), INTERCHANGE)),
+            Expr("scale", (mean("balance", 180), DEPOSIT_SPREAD * 180 / 365)),
+            Expr("scale", (A("loan_repayment", "sum", 180), LOAN_MARGIN_SHARE)),
+        ),
+        "what the bank earned from the customer in the last 180 days",
     ),
     _f(
         "segment_code",

@@ -32,17 +32,20 @@ from typing import Final, Literal
 
 import polars as pl
 
-from features._definitions import DAY_US, SIGNALS_BY_NAME
+from features._definitions import (
+    DAY_US,
+    DEPOSIT_SPREAD,
+    INTERCHANGE,
+    LOAN_MARGIN_SHARE,
+    SIGNALS_BY_NAME,
+)
 from features._offline import held_products, signal_condition
 from features.errors import ConfigError
 
-__all__ = ["CHURN_DEFINITIONS", "LabelConfig", "data_end", "label_snapshots"]
+__all__ = ["CHURN_DEFINITIONS", "LabelConfig", "data_end", "label_snapshots", "trailing_value"]
 
 ChurnDefinition = Literal["last_product", "inactivity"]
 CHURN_DEFINITIONS: Final = ("last_product", "inactivity")
-INTERCHANGE: Final = 0.0045
-DEPOSIT_SPREAD: Final = 0.018
-LOAN_MARGIN_SHARE: Final = 0.22
 
 
 @dataclass(frozen=True, slots=True)
@@ -205,11 +208,27 @@ def _value(
 ) -> pl.DataFrame:
     period = cfg.value_days * DAY_US
     s = kept.lazy().select("snap", "customer_id", "as_of_us")
+    return (
+        _contribution(events, s, 0, cfg.value_days)
+        .select(
+            "snap",
+            pl.when(pl.col("as_of_us") + period <= data_end_us)
+            .then(pl.col("value_minor"))
+            .otherwise(None)
+            .alias("value_minor"),
+        )
+        .collect()
+    )
+
+
+def _contribution(events: pl.LazyFrame, s: pl.LazyFrame, start: int, end: int) -> pl.LazyFrame:
+    """Contribution over ``(as_of + start days, as_of + end days]`` per ``snap`` of ``s``."""
+    lo, hi = start * DAY_US, end * DAY_US
     window = (
         events.filter(pl.col("amount_minor").is_not_null())
         .select("customer_id", "t", "event_type", "amount_minor", "balance_minor")
         .join(s, on="customer_id")
-        .filter((pl.col("t") > pl.col("as_of_us")) & (pl.col("t") <= pl.col("as_of_us") + period))
+        .filter((pl.col("t") > pl.col("as_of_us") + lo) & (pl.col("t") <= pl.col("as_of_us") + hi))
         .group_by("snap")
         .agg(
             pl.col("amount_minor")
@@ -227,22 +246,35 @@ def _value(
             pl.col("balance_minor").clip(lower_bound=0).mean().alias("avg_balance"),
         )
     )
-    years = cfg.value_days / 365.0
+    years = (end - start) / 365.0
+    return s.join(window, on="snap", how="left").select(
+        "snap",
+        "as_of_us",
+        (
+            pl.col("fees").fill_null(0)
+            + INTERCHANGE * pl.col("card").fill_null(0)
+            + DEPOSIT_SPREAD * years * pl.col("avg_balance").fill_null(0)
+            + LOAN_MARGIN_SHARE * pl.col("loans").fill_null(0)
+        ).alias("value_minor"),
+    )
+
+
+def trailing_value(events: pl.LazyFrame, snapshots: pl.DataFrame, days: int = 365) -> pl.DataFrame:
+    """The value label's formula over the ``days`` *before* each as-of (a naive baseline).
+
+    ``events`` are clean events (with ``t``); returns ``customer_id``, ``as_of``,
+    ``trailing_value_minor`` in the order of ``snapshots``.
+    """
+    snaps = snapshots.select(
+        "customer_id",
+        "as_of",
+        pl.col("as_of").dt.cast_time_unit("us").cast(pl.Int64).alias("as_of_us"),
+    ).with_row_index("snap")
+    value = _contribution(events, snaps.lazy(), -days, 0).select("snap", "value_minor").collect()
     return (
-        s.join(window, on="snap", how="left")
-        .select(
-            "snap",
-            pl.when(pl.col("as_of_us") + period <= data_end_us)
-            .then(
-                pl.col("fees").fill_null(0)
-                + INTERCHANGE * pl.col("card").fill_null(0)
-                + DEPOSIT_SPREAD * years * pl.col("avg_balance").fill_null(0)
-                + LOAN_MARGIN_SHARE * pl.col("loans").fill_null(0)
-            )
-            .otherwise(None)
-            .alias("value_minor"),
-        )
-        .collect()
+        snaps.join(value, on="snap", how="left")
+        .sort("snap")
+        .select("customer_id", "as_of", pl.col("value_minor").alias("trailing_value_minor"))
     )
 
 

@@ -87,12 +87,15 @@ def test_console_script_runs() -> None:
     assert "simulate" in proc.stdout
 
 
-def test_demo_simulates_and_builds_a_training_set(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+def test_demo_simulates_trains_and_promotes(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    assert main(["demo", "--customers", "300", "--months", "12", "--data-dir", str(tmp_path)]) == 0
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    assert main(["demo", "--customers", "800", "--months", "24", "--data-dir", str(tmp_path)]) == 0
     out = capsys.readouterr().out
-    assert "Simulated bank: 300 customers" in out
+    assert "Simulated bank: 800 customers" in out
     assert "training set:" in out
+    assert "registered churn-engine version 1 (alias challenger)" in out
+    assert "promoted version 1 to champion" in out
     train = pl.read_parquet(tmp_path / "train.parquet")
     assert {"churn", "value_minor", "logins_30d"} <= set(train.columns)
