@@ -17,6 +17,7 @@ from features.errors import ChurnEngineError
 
 if TYPE_CHECKING:
     from features import LabelConfig
+    from stream import WorkerConfig
     from training import Store
 
 logger = logging.getLogger(__name__)
@@ -167,6 +168,28 @@ def build_parser() -> argparse.ArgumentParser:
 
     models = sub.add_parser("models", help="list model versions, aliases and key metrics")
     models.add_argument("--data-dir", type=Path, default=None, help="default: $CHURN_DATA_DIR")
+
+    broker = sub.add_parser("broker", help="run the local Kafka-compatible broker (Ctrl-C stops)")
+    broker.add_argument(
+        "--port", type=_positive_int, default=None, help="default: $CHURN_BROKER_PORT"
+    )
+
+    worker = sub.add_parser("worker", help="run a streaming worker (faust)")
+    worker.add_argument(
+        "--web-port", type=_positive_int, default=None, help="default: $CHURN_WEB_PORT"
+    )
+    worker.add_argument("--data-dir", type=Path, default=None, help="default: $CHURN_DATA_DIR")
+
+    rep = sub.add_parser("replay", help="produce an event log into bank.events")
+    rep.add_argument(
+        "--events", type=Path, required=True, help="event log (Parquet file or dataset)"
+    )
+    rep.add_argument("--rate", type=float, default=None, help="events per second (default: max)")
+    rep.add_argument("--since", type=_date, default=None, help="only events from this date")
+    rep.add_argument("--until", type=_date, default=None, help="only events before this date")
+    rep.add_argument(
+        "--backfill", action="store_true", help="mark as history: folded into state, not scored"
+    )
 
     demo = sub.add_parser("demo", help="the main job on embedded defaults")
     _simulation_args(demo, customers=20_000)
@@ -445,6 +468,74 @@ def _cmd_models(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def kafka_bootstrap(settings: Settings) -> str:
+    """host:port of the broker: $CHURN_KAFKA_URL, else the local dev broker's port."""
+    url = settings.kafka_url or f"kafka://127.0.0.1:{settings.broker_port}"
+    return url.removeprefix("kafka://")
+
+
+def worker_config(settings: Settings, data_dir: Path, web_port: int | None = None) -> WorkerConfig:
+    from stream import WorkerConfig
+    from training import Store
+
+    return WorkerConfig(
+        broker_url="kafka://" + kafka_bootstrap(settings),
+        store=settings.store,
+        partitions=settings.partitions,
+        tracking_uri=Store.resolve(data_dir).tracking_uri,
+        model_poll_seconds=settings.model_poll_seconds,
+        alert_threshold=settings.alert_threshold,
+        web_port=web_port or settings.web_port,
+        data_dir=str(data_dir / "worker"),
+    )
+
+
+def _cmd_broker(args: argparse.Namespace, settings: Settings) -> int:
+    import signal
+    import time
+
+    from stream import Broker
+
+    def _stop(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, _stop)  # stop the broker process too, no orphan
+    with Broker(args.port or settings.broker_port) as b:
+        print(f"broker listening on {b.url} (memory storage); Ctrl-C stops it", flush=True)
+        while b.proc is not None and b.proc.poll() is None:
+            time.sleep(0.5)
+    return 0
+
+
+def _cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
+    from stream import run_worker
+
+    cfg = worker_config(settings, args.data_dir or settings.data_dir, args.web_port)
+    run_worker(cfg, settings.log_level)
+    return 0
+
+
+def _cmd_replay(args: argparse.Namespace, settings: Settings) -> int:
+    from datetime import UTC, datetime, time
+
+    from stream import load_replay, replay
+
+    if not args.events.exists():
+        raise ChurnEngineError(f"no event log at {args.events}")
+
+    def at(d: date | None) -> datetime | None:
+        return datetime.combine(d, time(0), tzinfo=UTC) if d else None
+
+    frame = load_replay(args.events, at(args.since), at(args.until))
+    bootstrap = kafka_bootstrap(settings)
+    print(f"replaying {frame.height:,} records into bank.events at {bootstrap} ...")
+    result = replay(
+        bootstrap, "bank.events", frame, args.rate, args.backfill, partitions=settings.partitions
+    )
+    print(f"sent {result.sent:,} records in {result.seconds:.1f} s ({result.rate:,.0f}/s)")
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -465,6 +556,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _cmd_promote(args, settings)
         if args.command == "models":
             return _cmd_models(args, settings)
+        if args.command == "broker":
+            return _cmd_broker(args, settings)
+        if args.command == "worker":
+            return _cmd_worker(args, settings)
+        if args.command == "replay":
+            return _cmd_replay(args, settings)
         if args.command == "demo":
             return _cmd_demo(args, settings)
     except ChurnEngineError as exc:

@@ -21,6 +21,15 @@ class Settings(BaseSettings):
 
     data_dir: Path = Field(Path("data"), description="where generated data, models and stores go")
     log_level: LogLevel = Field("info", description="log verbosity")
+    kafka_url: str = Field(
+        "", description="Kafka bootstrap, e.g. kafka://host:9092 (empty: the local dev broker)"
+    )
+    broker_port: int = Field(9092, ge=1, le=65535, description="port of the local dev broker")
+    partitions: int = Field(8, ge=1, le=1024, description="partitions of the topics")
+    store: Literal["memory://", "rocksdb://"] = Field("memory://", description="faust table store")
+    model_poll_seconds: float = Field(30.0, gt=0, description="how often the champion is checked")
+    alert_threshold: float = Field(0.5, ge=0, le=1, description="churn probability that alerts")
+    web_port: int = Field(6066, ge=1, le=65535, description="worker web port (/stats/)")
 
     @classmethod
     def from_environ(cls, environ: Mapping[str, str]) -> Settings:
@@ -42,6 +51,6 @@ class Settings(BaseSettings):
 def env_help() -> str:
     """One line per setting, for ``--help``."""
     return "\n".join(
-        f"  CHURN_{name.upper():<12} {f.description} (default: {f.default})"
+        f"  CHURN_{name.upper():<20} {f.description} (default: {f.default})"
         for name, f in Settings.model_fields.items()
     )

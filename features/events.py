@@ -61,6 +61,7 @@ __all__ = [
     "events_from_frame",
     "events_to_frame",
     "json_schema",
+    "log_records",
     "validate_log",
 ]
 
@@ -493,3 +494,16 @@ def validate_log(frame: pl.DataFrame) -> tuple[int, dict[str, int]]:
         else:
             valid += 1
     return valid, rejected
+
+
+def log_records(frame: pl.DataFrame) -> Iterator[tuple[str | None, bytes]]:
+    """(key, bytes) of each row as it goes on the wire: the original bytes for
+    malformed records (``raw``), the JSON encoding for the others. The key is the
+    customer id (None where a malformed record has none)."""
+    columns = [c for c in frame.columns if c in LOG_SCHEMA and c != "published_at"]
+    for row in frame.select(columns).iter_rows(named=True):
+        raw = row.pop("raw", None)
+        if raw is not None:
+            yield row.get("customer_id"), bytes(raw)
+        else:
+            yield row["customer_id"], encode(_from_row(row))

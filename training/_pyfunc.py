@@ -35,7 +35,7 @@ class EnginePyfunc:
             index=frame.index,
         )
 
-    def unwrap_python_model(self) -> ModelBundle:
+    def get_raw_model(self) -> ModelBundle:
         return self.bundle
 
 

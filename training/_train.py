@@ -257,7 +257,7 @@ def train_models(
     )
     seconds["value_model"] = time.perf_counter() - began
 
-    meta = {
+    meta: dict[str, Any] = {
         "label": labels.params(),
         "value_objective": objective,
         "trained_at": now.isoformat(),
@@ -274,6 +274,8 @@ def train_models(
     tx = _matrix(split.test)
     ty = split.test["churn"].to_numpy()
     p, v = bundle.predict(tx, threads=cfg.threads)
+    # value tiers: platinum top 5%, gold next 15%, silver next 30% (see serving)
+    meta["value_tier_edges"] = [float(np.quantile(v, q)) for q in (0.95, 0.80, 0.50)]
     test_frame = split.test.with_columns(
         pl.Series("churn_probability", p), pl.Series("predicted_value_minor", v)
     )

@@ -1,0 +1,128 @@
+"""The live model: the champion from the MLflow registry, and batch scoring of states.
+
+The version is loaded through MLflow's pyfunc loader (which reads LightGBM text
+files and JSON; nothing is unpickled) and unwrapped to the bundle. Serving relies
+on the bundle's small interface (:class:`Bundle`), not on the training package.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any, Protocol
+
+import numpy as np
+import numpy.typing as npt
+
+from features import AGGREGATES, CustomerState, feature_fingerprint, finalize
+from features.errors import ModelNotFoundError
+from serving._scores import Score, lifecycle_stage, loyalty_score, value_tier
+
+__all__ = ["Bundle", "LiveModel", "champion_version", "load_live_model", "score_states"]
+
+logger = logging.getLogger(__name__)
+Array = npt.NDArray[np.float64]
+
+
+class Bundle(Protocol):
+    features: tuple[str, ...]
+    fingerprint: str
+    meta: Mapping[str, Any]
+    reference: Mapping[str, Any]
+
+    def predict(self, x: Array, threads: int = 1) -> tuple[Array, Array]: ...
+
+    def contributions(self, x: Array, threads: int = 1) -> Array: ...
+
+
+@dataclass(frozen=True, slots=True)
+class LiveModel:
+    bundle: Bundle
+    version: str
+
+    @property
+    def tier_edges(self) -> list[float]:
+        edges = self.bundle.meta.get("value_tier_edges")
+        return [float(e) for e in edges] if edges else [math.inf, math.inf, math.inf]
+
+
+def _client(tracking_uri: str) -> Any:
+    from mlflow import MlflowClient
+
+    return MlflowClient(tracking_uri, tracking_uri)
+
+
+def champion_version(tracking_uri: str, model_name: str, alias: str = "champion") -> str | None:
+    """The version the alias points to now (None when there is none)."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        mv = _client(tracking_uri).get_model_version_by_alias(model_name, alias)
+    except MlflowException:
+        return None
+    return str(mv.version)
+
+
+def load_live_model(tracking_uri: str, model_name: str, version: str) -> LiveModel:
+    """Load one version; refuse it if its feature definitions differ from ours."""
+    import mlflow
+
+    mlflow.set_registry_uri(tracking_uri)
+    mlflow.set_tracking_uri(tracking_uri)
+    try:
+        model = mlflow.pyfunc.load_model(f"models:/{model_name}/{version}")
+    except Exception as exc:  # MLflow raises many kinds; all mean "cannot load"
+        raise ModelNotFoundError(f"cannot load {model_name} version {version}: {exc}") from exc
+    bundle: Bundle = model.get_raw_model()
+    if bundle.fingerprint != feature_fingerprint():
+        raise ModelNotFoundError(
+            f"{model_name} version {version} was trained on feature definitions "
+            f"{bundle.fingerprint}; this worker computes {feature_fingerprint()}: not loaded"
+        )
+    return LiveModel(bundle, version)
+
+
+def feature_matrix(states: Sequence[CustomerState]) -> dict[str, Array]:
+    """Features of each state at its newest event time (one row per state)."""
+    aggs = np.vstack([s.aggregates(s.max_t or 0) for s in states])
+    return finalize({a.key: aggs[:, j] for j, a in enumerate(AGGREGATES)})
+
+
+def _iso(t_us: int) -> str:
+    return datetime.fromtimestamp(t_us / 1e6, tz=UTC).isoformat()
+
+
+def score_states(
+    model: LiveModel, states: Sequence[CustomerState]
+) -> list[tuple[Score, dict[str, float]]]:
+    """Score each state at its newest event time, with the features used."""
+    if not states:
+        return []
+    feats = feature_matrix(states)
+    x = np.column_stack([feats[name] for name in model.bundle.features])
+    churn, value = model.bundle.predict(x)
+    edges = model.tier_edges
+    out = []
+    for i, state in enumerate(states):
+        f = {name: float(col[i]) for name, col in feats.items()}
+        out.append(
+            (
+                Score(
+                    customer_id=state.customer_id,
+                    as_of=_iso(state.max_t or 0),
+                    churn_probability=float(churn[i]),
+                    predicted_value_minor=float(value[i]),
+                    value_tier=value_tier(float(value[i]), edges),
+                    loyalty_score=loyalty_score(f),
+                    lifecycle_stage=lifecycle_stage(f),
+                    model_version=model.version,
+                    manager_id=state.manager_id,
+                    branch_id=state.branch_id,
+                ),
+                f,
+            )
+        )
+    return out

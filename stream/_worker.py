@@ -1,0 +1,275 @@
+"""The faust worker: bank events in; state, scores, alerts and dead letters out.
+
+Per micro-batch (``stream.take_events``):
+
+1. each record is decoded and validated; a bad one goes to the dead-letter topic
+   with its reason, the original bytes and its topic/partition/offset;
+2. the event is folded into its customer's state (idempotent: a redelivered event
+   is recognised and changes nothing);
+3. each touched customer's state is written once to the changelog-backed table;
+4. with a champion model, each touched customer is scored once at the time of its
+   newest event, the score goes to ``customer.scores`` and to the alert policy,
+   whose alerts go to ``manager.alerts``.
+
+Records with the header ``churn-backfill: 1`` (``churn replay --backfill``) are
+folded but not scored: bootstrapping state from history raises no stale alerts.
+
+Offsets are acknowledged only after the batch is processed, so a crash replays
+at most the unfinished batch, which the idempotent fold absorbs. Every record is
+counted: consumed = applied + duplicates + too late + dead-lettered.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import logging
+import time
+from collections import Counter
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import orjson
+
+from features import CustomerState, InvalidEventError
+from features.events import decode
+from serving import AlertPolicy, LiveModel, ThresholdPolicy, champion_version, load_live_model
+from serving import score_states as _score_states
+
+__all__ = ["BACKFILL_HEADER", "Runtime", "WorkerConfig", "build_app", "run_worker"]
+
+logger = logging.getLogger(__name__)
+
+BACKFILL_HEADER = "churn-backfill"
+
+
+@dataclass(frozen=True, slots=True)
+class WorkerConfig:
+    broker_url: str = "kafka://127.0.0.1:9092"
+    app_id: str = "churn-engine"
+    store: str = "memory://"
+    partitions: int = 8
+    events_topic: str = "bank.events"
+    dlq_topic: str = "bank.events.dlq"
+    scores_topic: str = "customer.scores"
+    alerts_topic: str = "manager.alerts"
+    tracking_uri: str = ""
+    model_name: str = "churn-engine"
+    model_alias: str = "champion"
+    model_poll_seconds: float = 30.0
+    batch_size: int = 500
+    batch_within: float = 0.5
+    alert_threshold: float = 0.5
+    web_port: int = 6066
+    data_dir: str = "data/worker"
+
+
+@dataclass
+class Runtime:
+    """What one worker process holds besides the table: model, counters, caches."""
+
+    config: WorkerConfig
+    policy: AlertPolicy
+    model: LiveModel | None = None
+    counts: Counter[str] = field(default_factory=Counter)
+    dead: Counter[str] = field(default_factory=Counter)
+    cache: dict[bytes, tuple[bytes, CustomerState]] = field(default_factory=dict)
+    started: float = field(default_factory=time.monotonic)
+    reloads: int = 0
+    reload_failures: int = 0
+    model_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    refresh_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+
+    def stats(self) -> dict[str, Any]:
+        return {
+            "counts": dict(self.counts),
+            "dead_lettered": dict(self.dead),
+            "model_version": self.model.version if self.model else None,
+            "reloads": self.reloads,
+            "reload_failures": self.reload_failures,
+            "uptime_seconds": round(time.monotonic() - self.started, 1),
+        }
+
+    def state_for(self, key: bytes, stored: bytes | None, customer_id: str) -> CustomerState:
+        """The customer's state: the cached object if the table still holds its bytes."""
+        if stored is None:
+            return CustomerState(customer_id)
+        hit = self.cache.get(key)
+        if hit is not None and hit[0] is stored:
+            return hit[1]
+        return CustomerState.from_bytes(stored)
+
+    async def refresh_model(self) -> None:
+        """Load the champion if the alias moved (in a thread: the loop keeps going)."""
+        if self.refresh_lock.locked():
+            return  # a check is already running
+        async with self.refresh_lock:
+            await self._refresh()
+
+    async def _refresh(self) -> None:
+        cfg = self.config
+        if not cfg.tracking_uri:
+            return
+        try:
+            version = await asyncio.to_thread(
+                champion_version, cfg.tracking_uri, cfg.model_name, cfg.model_alias
+            )
+        except Exception:  # registry unreachable: keep the current model
+            logger.exception("cannot reach the model registry at %s", cfg.tracking_uri)
+            self.reload_failures += 1
+            return
+        current = self.model.version if self.model else None
+        if version is None:
+            if current is None and not self.counts["no_model_warned"]:
+                logger.warning(
+                    "no %s@%s yet: folding state, emitting no scores",
+                    cfg.model_name,
+                    cfg.model_alias,
+                )
+                self.counts["no_model_warned"] = 1
+            return
+        if version == current:
+            return
+        try:
+            model = await asyncio.to_thread(
+                load_live_model, cfg.tracking_uri, cfg.model_name, version
+            )
+        except Exception:
+            logger.exception("cannot load %s version %s", cfg.model_name, version)
+            self.reload_failures += 1
+            return
+        async with self.model_lock:  # swapped between batches, never inside one
+            self.model = model
+            if current is not None:
+                self.reloads += 1
+        logger.info("model %s version %s in use (was %s)", cfg.model_name, version, current)
+
+
+def _headers(message: Any) -> Mapping[str, bytes]:
+    raw = getattr(message, "headers", None) or {}
+    if isinstance(raw, Mapping):
+        return {str(k): bytes(v or b"") for k, v in raw.items()}
+    return {str(k): bytes(v or b"") for k, v in raw}
+
+
+def dead_letter(reason: str, detail: str, raw: bytes, message: Any) -> bytes:
+    return orjson.dumps(
+        {
+            "reason": reason,
+            "detail": detail,
+            "original_base64": base64.b64encode(raw).decode(),
+            "topic": message.topic,
+            "partition": message.partition,
+            "offset": message.offset,
+            "key": (message.key or b"").decode("utf-8", "replace"),
+        }
+    )
+
+
+def build_app(cfg: WorkerConfig, policy: AlertPolicy | None = None) -> tuple[Any, Runtime]:
+    """The faust app with its topics, table, agent, model timer and stats page."""
+    import faust
+
+    app = faust.App(
+        cfg.app_id,
+        broker=cfg.broker_url,
+        store=cfg.store,
+        topic_partitions=cfg.partitions,
+        topic_replication_factor=1,
+        key_serializer="raw",
+        value_serializer="raw",
+        datadir=cfg.data_dir,
+        web_host="127.0.0.1",
+        web_port=cfg.web_port,
+        consumer_auto_offset_reset="earliest",
+        producer_linger_ms=5,
+    )
+    runtime = Runtime(cfg, policy or ThresholdPolicy(cfg.alert_threshold))
+    events = app.topic(cfg.events_topic, partitions=cfg.partitions)
+    dlq = app.topic(cfg.dlq_topic, partitions=cfg.partitions)
+    scores = app.topic(cfg.scores_topic, partitions=cfg.partitions)
+    alerts = app.topic(cfg.alerts_topic, partitions=cfg.partitions)
+    table = app.Table(
+        "customer-state",
+        partitions=cfg.partitions,
+        key_type=bytes,
+        value_type=bytes,
+        use_partitioner=True,  # writes in a batch: the key decides the partition
+    )
+    counts, dead = runtime.counts, runtime.dead
+
+    async def process(batch: list[Any]) -> None:
+        touched: dict[bytes, CustomerState] = {}
+        to_score: dict[bytes, CustomerState] = {}
+        for ev in batch:
+            msg = ev.message
+            raw = ev.value if isinstance(ev.value, bytes) else bytes(ev.value or b"")
+            counts["consumed"] += 1
+            try:
+                event = decode(raw)
+            except InvalidEventError as exc:
+                dead[exc.reason] += 1
+                await dlq.send(key=msg.key, value=dead_letter(exc.reason, str(exc), raw, msg))
+                continue
+            key = event.customer_id.encode()
+            if msg.key is not None and bytes(msg.key) != key:
+                dead["key_mismatch"] += 1
+                detail = f"message key {msg.key!r} is not the customer id {event.customer_id!r}"
+                await dlq.send(key=key, value=dead_letter("key_mismatch", detail, raw, msg))
+                continue
+            state = touched.get(key)
+            if state is None:
+                state = runtime.state_for(key, table.get(key), event.customer_id)
+            counts[state.apply(event)] += 1
+            touched[key] = state
+            if _headers(msg).get(BACKFILL_HEADER) != b"1":
+                to_score[key] = state
+        for key, state in touched.items():
+            blob = state.to_bytes()
+            table[key] = blob
+            runtime.cache[key] = (blob, state)
+        async with runtime.model_lock:
+            model = runtime.model
+            if model is None or not to_score:
+                counts["unscored"] += len(to_score)
+                return
+            for score, features in _score_states(model, list(to_score.values())):
+                key = score.customer_id.encode()
+                await scores.send(key=key, value=orjson.dumps(asdict(score)))
+                counts["scored"] += 1
+                for alert in runtime.policy.evaluate(score, features):
+                    await alerts.send(key=key, value=orjson.dumps(asdict(alert)))
+                    counts["alerts"] += 1
+
+    @app.agent(events, name="fold-and-score")
+    async def fold_and_score(stream: Any) -> None:
+        async for batch in stream.take_events(cfg.batch_size, within=cfg.batch_within):
+            await process(batch)
+
+    @app.task  # type: ignore[untyped-decorator]
+    async def first_model() -> None:
+        await runtime.refresh_model()
+
+    @app.timer(interval=cfg.model_poll_seconds)  # type: ignore[untyped-decorator]
+    async def watch_model() -> None:
+        await runtime.refresh_model()
+
+    @app.timer(interval=10.0)  # type: ignore[untyped-decorator]
+    async def log_stats() -> None:
+        logger.info("stats %s", orjson.dumps(runtime.stats()).decode())
+
+    @app.page("/stats/")
+    async def stats(web: Any, request: Any) -> Any:
+        return web.json(runtime.stats())
+
+    return app, runtime
+
+
+def run_worker(cfg: WorkerConfig, loglevel: str = "info") -> None:
+    """Run the worker until it is stopped (SIGTERM / Ctrl-C)."""
+    from faust.worker import Worker
+
+    app, _ = build_app(cfg)
+    level = {"warning": "warn", "debug": "debug", "error": "error"}.get(loglevel, "info")
+    Worker(app, loglevel=level, redirect_stdouts=False).execute_from_commandline()
