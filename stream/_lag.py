@@ -4,8 +4,30 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Iterator
+from typing import Any
 
 __all__ = ["consumer_lag", "read_topic"]
+
+
+async def _true_ends(consumer: Any, tps: list[Any]) -> dict[Any, int]:
+    """End offsets read from the data: the dev broker (Tansu 0.6) answers ListOffsets
+    with the base offset of the last batch, not the high watermark, so we read from
+    there to the end."""
+    reported = await consumer.end_offsets(tps) if tps else {}
+    ends = {}
+    consumer.assign(tps)
+    for tp in tps:
+        consumer.seek(tp, reported[tp])
+    pending = set(tps)
+    ends = dict(reported)
+    while pending:
+        batch = await consumer.getmany(*pending, timeout_ms=1000)
+        if not batch:
+            break
+        for tp, records in batch.items():
+            if records:
+                ends[tp] = max(ends[tp], records[-1].offset + 1)
+    return ends
 
 
 async def _lag(bootstrap: str, group: str, topic: str) -> dict[int, int]:
@@ -23,7 +45,7 @@ async def _lag(bootstrap: str, group: str, topic: str) -> dict[int, int]:
             await consumer.topics()  # refresh metadata once
             parts = consumer.partitions_for_topic(topic) or set()
         tps = [TopicPartition(topic, p) for p in sorted(parts)]
-        ends = await consumer.end_offsets(tps) if tps else {}
+        ends = await _true_ends(consumer, tps)
         committed = await admin.list_consumer_group_offsets(group, partitions=tps)
         return {
             tp.partition: ends[tp] - max(0, committed[tp].offset if tp in committed else 0)

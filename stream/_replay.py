@@ -43,18 +43,19 @@ def load_replay(
     until: datetime | None = None,
     customers: list[str] | None = None,
 ) -> pl.DataFrame:
-    """The rows to replay, in delivery order."""
+    """The rows to replay, in delivery order, delivered in ``[since, until)``."""
     log = scan_log(events)
     if customers is not None:
         log = log.filter(pl.col("customer_id").is_in(customers))
-    if since is not None:
-        log = log.filter(pl.col("occurred_at").is_null() | (pl.col("occurred_at") >= since))
-    if until is not None:
-        log = log.filter(pl.col("occurred_at").is_null() | (pl.col("occurred_at") < until))
     names = log.collect_schema().names()
     order = pl.col("occurred_at")
     if "published_at" in names:
         order = pl.coalesce("published_at", "occurred_at")
+    # the period is on delivery time; records without any time go with the first period
+    if since is not None:
+        log = log.filter(order >= since)
+    if until is not None:
+        log = log.filter(order.is_null() | (order < until))
     return log.with_columns(order.alias("_order")).sort("_order", maintain_order=True).collect()
 
 

@@ -25,6 +25,7 @@ import asyncio
 import base64
 import logging
 import time
+import weakref
 from collections import Counter
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
@@ -195,12 +196,13 @@ def build_app(cfg: WorkerConfig, policy: AlertPolicy | None = None) -> tuple[Any
         partitions=cfg.partitions,
         key_type=bytes,
         value_type=bytes,
-        use_partitioner=True,  # writes in a batch: the key decides the partition
     )
     counts, dead = runtime.counts, runtime.dead
+    from faust.streams import _current_event  # set per key: see "in its event's context"
 
     async def process(batch: list[Any]) -> None:
         touched: dict[bytes, CustomerState] = {}
+        source: dict[bytes, Any] = {}  # the last event of each key, for its partition
         to_score: dict[bytes, CustomerState] = {}
         for ev in batch:
             msg = ev.message
@@ -223,10 +225,14 @@ def build_app(cfg: WorkerConfig, policy: AlertPolicy | None = None) -> tuple[Any
                 state = runtime.state_for(key, table.get(key), event.customer_id)
             counts[state.apply(event)] += 1
             touched[key] = state
+            source[key] = ev
             if _headers(msg).get(BACKFILL_HEADER) != b"1":
                 to_score[key] = state
         for key, state in touched.items():
             blob = state.to_bytes()
+            # in its event's context: faust puts a table write on the partition of
+            # the current event, and in a batch that must be this key's event
+            _current_event.set(weakref.ref(source[key]))
             table[key] = blob
             runtime.cache[key] = (blob, state)
         async with runtime.model_lock:

@@ -10,9 +10,15 @@ import sys
 import time
 import urllib.request
 from collections.abc import Iterator
+from datetime import UTC, date, datetime
 from pathlib import Path
+from typing import TYPE_CHECKING
 
+import polars as pl
 import pytest
+
+if TYPE_CHECKING:
+    from training import TrainConfig
 
 BIN = Path(sys.executable).parent
 
@@ -80,3 +86,46 @@ def mlflow_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         yield url
     finally:
         stop(proc)
+
+
+# ---------------------------------------------------------------- a trained champion
+NOW = datetime(2026, 1, 5, 9, 0, tzinfo=UTC)
+
+
+def fast_config() -> TrainConfig:
+    from training import TrainConfig
+
+    return TrainConfig(max_rounds=150, early_stopping=20, threads=1)
+
+
+@pytest.fixture(scope="session")
+def bank(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A simulated bank big enough to train on (2,500 customers, 24 months)."""
+    from simulator import SimConfig, write_parquet
+
+    out = tmp_path_factory.mktemp("bank") / "events.parquet"
+    write_parquet(SimConfig(customers=2500, months=24, seed=23), out, workers=1)
+    return out
+
+
+@pytest.fixture(scope="session")
+def train_set(bank: Path) -> pl.DataFrame:
+    from features import build_training_set, scan_log
+
+    return build_training_set(
+        scan_log(bank), date(2024, 7, 1), date(2025, 10, 1), 30, workers=1
+    ).frame
+
+
+@pytest.fixture(scope="session")
+def champion_dir(train_set: pl.DataFrame, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A data dir whose embedded MLflow store has a champion (and its training set)."""
+    from features import LabelConfig
+    from training import Store, promote, register, train_models
+
+    root = tmp_path_factory.mktemp("champion")
+    store = Store.resolve(root, environ={})
+    register(store, train_models(train_set, LabelConfig(), fast_config(), now=NOW))
+    assert promote(store, who="fixture", now=NOW).promoted
+    train_set.write_parquet(root / "train.parquet")
+    return root

@@ -6,7 +6,6 @@ import json
 import os
 import subprocess
 import sys
-from datetime import UTC, date, datetime
 from pathlib import Path
 
 import numpy as np
@@ -14,8 +13,8 @@ import polars as pl
 import pytest
 
 from churn import main
-from features import LabelConfig, build_training_set, scan_log
-from simulator import SimConfig, write_parquet
+from features import LabelConfig
+from tests.conftest import NOW, fast_config
 from training import (
     CHALLENGER,
     CHAMPION,
@@ -32,22 +31,7 @@ from training import (
 )
 from training._metrics import lift_at
 
-NOW = datetime(2026, 1, 5, 9, 0, tzinfo=UTC)
-FAST = TrainConfig(max_rounds=150, early_stopping=20, threads=1)
-
-
-@pytest.fixture(scope="module")
-def bank(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    out = tmp_path_factory.mktemp("bank") / "events.parquet"
-    write_parquet(SimConfig(customers=2500, months=24, seed=23), out, workers=1)
-    return out
-
-
-@pytest.fixture(scope="module")
-def train_set(bank: Path) -> pl.DataFrame:
-    return build_training_set(
-        scan_log(bank), date(2024, 7, 1), date(2025, 10, 1), 30, workers=1
-    ).frame
+FAST = fast_config()
 
 
 def test_time_split_leaves_a_horizon_between_periods(train_set: pl.DataFrame) -> None:

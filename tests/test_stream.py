@@ -1,0 +1,319 @@
+"""The streaming worker on the real broker: parity, dirty input, crashes, scale-out, reload."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import signal
+import subprocess
+import time
+import urllib.request
+from collections import Counter
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+import pytest
+
+from features import CustomerState, clean_log, offline_features, scan_log
+from simulator import SimConfig, truth_dir_for, write_parquet
+from stream import Broker, consumer_lag, load_replay, read_topic, replay
+from tests.conftest import BIN, NOW, fast_config, free_port, stop
+from training import Store, load_bundle
+
+pytestmark = pytest.mark.integration
+
+CUT = datetime(2024, 11, 15, tzinfo=UTC)  # history before: backfill; after: live
+
+
+@pytest.fixture(scope="module")
+def stream_log(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("stream") / "events.parquet"
+    write_parquet(SimConfig(customers=150, months=12, seed=5, dirty_rate=0.05), out, workers=1)
+    return out
+
+
+@pytest.fixture
+def broker(tmp_path: Path) -> Iterator[Broker]:
+    with Broker(free_port(), log=tmp_path / "broker.log") as b:
+        yield b
+
+
+@dataclass
+class Worker:
+    proc: subprocess.Popen[bytes]
+    web_port: int
+    log: Path
+
+    def stats(self) -> dict[str, object]:
+        url = f"http://127.0.0.1:{self.web_port}/stats/"
+        with urllib.request.urlopen(url, timeout=5) as resp:
+            return dict(json.loads(resp.read()))
+
+
+def start_worker(broker: Broker, data_dir: Path, name: str, poll: float = 30.0) -> Worker:
+    web_port = free_port()
+    log = data_dir / f"{name}.log"
+    env = {
+        **os.environ,
+        "CHURN_KAFKA_URL": broker.url,
+        "CHURN_DATA_DIR": str(data_dir),
+        "CHURN_WEB_PORT": str(web_port),
+        "CHURN_MODEL_POLL_SECONDS": str(poll),
+        "CHURN_PARTITIONS": "8",
+    }
+    env.pop("MLFLOW_TRACKING_URI", None)
+    # each worker keeps its own faust data dir
+    with log.open("wb") as out:
+        proc = subprocess.Popen(
+            [str(BIN / "churn"), "worker", "--data-dir", str(data_dir)],
+            env={**env, "CHURN_DATA_DIR": str(data_dir)},
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            cwd=data_dir,
+        )
+    w = Worker(proc, web_port, log)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(log.read_text()[-3000:])
+        try:
+            w.stats()
+            return w
+        except OSError:
+            time.sleep(0.5)
+    raise RuntimeError(f"worker did not start:\n{log.read_text()[-3000:]}")
+
+
+def wait_caught_up(broker: Broker, timeout: float = 400) -> None:
+    bootstrap = broker.url.removeprefix("kafka://")
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        lag = consumer_lag(bootstrap, "churn-engine", "bank.events")
+        if lag and sum(lag.values()) == 0:
+            return
+        time.sleep(2)
+    raise AssertionError(f"the worker did not catch up: lag {lag}")
+
+
+def send(
+    broker: Broker, log: Path, since: datetime | None, until: datetime | None, **kw: object
+) -> int:
+    frame = load_replay(log, since, until)
+    return replay(broker.url.removeprefix("kafka://"), "bank.events", frame, **kw).sent  # type: ignore[arg-type]
+
+
+def final_states(broker: Broker) -> dict[str, CustomerState]:
+    """Each customer's latest state, read back from the table's changelog topic."""
+    out: dict[str, CustomerState] = {}
+    for key, value in read_topic(
+        broker.url.removeprefix("kafka://"), "churn-engine-customer-state-changelog"
+    ):
+        assert key is not None
+        out[key.decode()] = CustomerState.from_bytes(value)
+    return out
+
+
+def assert_states_match_offline(states: dict[str, CustomerState], log: Path) -> None:
+    snaps = pl.DataFrame(
+        {
+            "customer_id": list(states),
+            "as_of": [datetime.fromtimestamp(s.max_t / 1e6, tz=UTC) for s in states.values()],  # type: ignore[operator]
+        },
+        schema={"customer_id": pl.String, "as_of": pl.Datetime("us", "UTC")},
+    )
+    offline = offline_features(scan_log(log), snaps)
+    expected_customers = set(
+        clean_log(scan_log(log)).select("customer_id").unique().collect()["customer_id"]
+    )
+    assert set(states) == expected_customers
+    rows = {r["customer_id"]: r for r in offline.iter_rows(named=True)}
+    mismatches = []
+    for cid, state in states.items():
+        online = state.features(state.max_t)  # type: ignore[arg-type]
+        for name, value in online.items():
+            other = rows[cid][name]
+            same = (math.isnan(value) and (other is None or math.isnan(other))) or value == other
+            if not same:
+                mismatches.append((cid, name, value, other))
+    assert mismatches == []
+
+
+def test_live_scores_equal_batch_scores_and_dirty_input_is_accounted(
+    broker: Broker, stream_log: Path, champion_dir: Path, tmp_path: Path
+) -> None:
+    worker = start_worker(broker, champion_dir, "parity")
+    try:
+        sent = send(broker, stream_log, None, CUT, backfill=True)
+        sent += send(broker, stream_log, CUT, None)
+        wait_caught_up(broker)
+        stats = worker.stats()
+    finally:
+        stop(worker.proc)
+    counts = Counter(stats["counts"])  # type: ignore[arg-type]
+    dead = Counter(stats["dead_lettered"])  # type: ignore[arg-type]
+    # everything is accounted for, nothing dropped silently
+    assert counts["consumed"] == sent
+    assert counts["consumed"] == counts["applied"] + counts["duplicate"] + counts["too_late"] + sum(
+        dead.values()
+    )
+
+    bootstrap = broker.url.removeprefix("kafka://")
+    # every malformed record is in the dead-letter topic with the right reason and its bytes
+    truth = pl.read_parquet(truth_dir_for(stream_log) / "dirty.parquet").filter(
+        pl.col("reason").is_not_null()
+    )
+    letters = [json.loads(v) for _, v in read_topic(bootstrap, "bank.events.dlq")]
+    assert Counter(d["reason"] for d in letters) == Counter(truth["reason"].to_list())
+    import base64
+
+    assert {base64.b64decode(d["original_base64"]) for d in letters} == set(truth["raw"].to_list())
+    assert all({"topic", "partition", "offset"} <= set(d) for d in letters)
+
+    # duplicates applied once and late events in the right windows: state == offline
+    assert_states_match_offline(final_states(broker), stream_log)
+
+    # each customer's last live score equals batch scoring at the same as-of
+    last: dict[str, dict[str, object]] = {}
+    for key, value in read_topic(bootstrap, "customer.scores"):
+        last[key.decode()] = json.loads(value)  # type: ignore[union-attr]
+    assert len(last) > 50
+    bundle, version = load_bundle(Store.resolve(champion_dir, environ={}), "champion")
+    snaps = pl.DataFrame(
+        {
+            "customer_id": list(last),
+            "as_of": [datetime.fromisoformat(str(s["as_of"])) for s in last.values()],
+        },
+        schema={"customer_id": pl.String, "as_of": pl.Datetime("us", "UTC")},
+    )
+    offline = offline_features(scan_log(stream_log), snaps)
+    p, v = bundle.predict(offline.select(bundle.features).to_numpy().astype(np.float64))
+    live_p = np.array(
+        [last[c]["churn_probability"] for c in offline["customer_id"]], dtype=np.float64
+    )
+    live_v = np.array(
+        [last[c]["predicted_value_minor"] for c in offline["customer_id"]], dtype=np.float64
+    )
+    np.testing.assert_allclose(live_p, p, rtol=0, atol=1e-6)
+    np.testing.assert_allclose(live_v, v, rtol=1e-6, atol=1e-6)
+    assert {s["model_version"] for s in last.values()} == {version}
+    assert {s["lifecycle_stage"] for s in last.values()} <= {
+        "new",
+        "growing",
+        "mature",
+        "declining",
+        "dormant",
+    }
+
+
+def test_a_killed_worker_restarts_without_losing_or_double_counting(
+    broker: Broker, stream_log: Path, champion_dir: Path
+) -> None:
+    worker = start_worker(broker, champion_dir, "crash")
+    sent = send(broker, stream_log, None, None, backfill=True)
+    deadline = time.monotonic() + 300
+    while int(worker.stats()["counts"].get("consumed", 0)) < sent // 3:  # type: ignore[union-attr]
+        assert time.monotonic() < deadline
+        time.sleep(0.3)
+    os.killpg(worker.proc.pid, signal.SIGKILL)
+    worker.proc.wait()
+    again = start_worker(broker, champion_dir, "crash-restarted")
+    try:
+        wait_caught_up(broker)
+        stats = again.stats()
+    finally:
+        stop(again.proc)
+    counts = Counter(stats["counts"])  # type: ignore[arg-type]
+    assert counts["consumed"] == counts["applied"] + counts["duplicate"] + counts["too_late"] + sum(
+        Counter(stats["dead_lettered"]).values()  # type: ignore[arg-type]
+    )
+    assert_states_match_offline(final_states(broker), stream_log)
+
+
+def test_two_workers_share_partitions_and_the_survivor_takes_over(
+    broker: Broker, stream_log: Path, champion_dir: Path, tmp_path: Path
+) -> None:
+    second_dir = tmp_path / "second"
+    second_dir.mkdir()
+    # the second worker reads the same registry through the same store
+    (second_dir / "mlflow").symlink_to(champion_dir / "mlflow")
+    a = start_worker(broker, champion_dir, "scale-a")
+    b = start_worker(broker, second_dir, "scale-b")
+    try:
+        sent = send(broker, stream_log, None, None, backfill=True)
+        deadline = time.monotonic() + 300
+        while int(b.stats()["counts"].get("consumed", 0)) < 1000:  # type: ignore[union-attr]
+            assert time.monotonic() < deadline, "the second worker got no partitions"
+            time.sleep(0.5)
+        os.killpg(b.proc.pid, signal.SIGKILL)
+        b.proc.wait()
+        wait_caught_up(broker)
+        assert int(a.stats()["counts"]["consumed"]) < sent + 1  # type: ignore[index]
+    finally:
+        stop(a.proc)
+        stop(b.proc)
+    assert_states_match_offline(final_states(broker), stream_log)
+
+
+def test_a_promoted_model_is_picked_up_while_events_flow(
+    broker: Broker, stream_log: Path, champion_dir: Path, tmp_path: Path
+) -> None:
+    from training import promote, register, train_models
+
+    store_dir = tmp_path / "reload"
+    store_dir.mkdir()
+    import shutil
+
+    shutil.copytree(champion_dir / "mlflow", store_dir / "mlflow")
+    store = Store.resolve(store_dir, environ={})
+    _, before = load_bundle(store, "champion")
+    worker = start_worker(broker, store_dir, "reload", poll=2.0)
+    try:
+        send(broker, stream_log, None, CUT - timedelta(days=60), backfill=True)
+        frame = load_replay(stream_log, CUT - timedelta(days=60), None)
+        import threading
+
+        feeder = threading.Thread(
+            target=replay,
+            args=(broker.url.removeprefix("kafka://"), "bank.events", frame),
+            kwargs={"rate": 400.0},
+        )
+        feeder.start()
+        time.sleep(8)
+        train_set = pl.read_parquet(champion_dir / "train.parquet")
+        import dataclasses
+
+        newer = train_models(
+            train_set,
+            __import__("features").LabelConfig(),
+            dataclasses.replace(fast_config(), seed=99),
+            now=NOW,
+        )
+        version, _ = register(store, newer)
+        assert promote(store, tolerance=1.0, who="test", now=NOW).promoted
+        promoted_at = time.monotonic()
+        feeder.join()
+        wait_caught_up(broker)
+        stats = worker.stats()
+    finally:
+        stop(worker.proc)
+    assert stats["model_version"] == version
+    assert stats["reloads"] == 1
+    # per customer, scores never go back to the old version once the new one is in use
+    seen: dict[str, list[str]] = {}
+    for key, value in read_topic(broker.url.removeprefix("kafka://"), "customer.scores"):
+        seen.setdefault(key.decode(), []).append(json.loads(value)["model_version"])  # type: ignore[union-attr]
+    versions = Counter(v for vs in seen.values() for v in vs)
+    assert set(versions) == {before, version}
+    for vs in seen.values():
+        switched = [i for i, v in enumerate(vs) if v == version]
+        if switched:
+            assert all(v == version for v in vs[switched[0] :])
+    assert time.monotonic() - promoted_at < 400
+    counts = Counter(stats["counts"])  # type: ignore[arg-type]
+    assert counts["scored"] == sum(versions.values())
