@@ -63,19 +63,28 @@ def consumer_lag(bootstrap: str, group: str, topic: str) -> dict[int, int]:
 
 async def _read(bootstrap: str, topic: str, idle: float) -> list[tuple[bytes | None, bytes]]:
     from aiokafka import AIOKafkaConsumer
+    from aiokafka.structs import TopicPartition
 
-    consumer = AIOKafkaConsumer(
-        topic, bootstrap_servers=bootstrap, auto_offset_reset="earliest", enable_auto_commit=False
-    )
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
     await consumer.start()
     out: list[tuple[bytes | None, bytes]] = []
     try:
-        while True:
-            batch = await consumer.getmany(timeout_ms=int(idle * 1000), max_records=10_000)
-            if not batch:
-                return out
-            for records in batch.values():
+        await consumer.topics()
+        tps = [TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic) or ())]
+        if not tps:
+            return out
+        ends = await _true_ends(consumer, tps)
+        await consumer.seek_to_beginning(*tps)
+        todo = {tp for tp in tps if ends[tp] > 0}
+        quiet = 0.0
+        while todo and quiet < idle:
+            batch = await consumer.getmany(*todo, timeout_ms=500, max_records=10_000)
+            quiet = quiet + 0.5 if not batch else 0.0
+            for tp, records in batch.items():
                 out.extend((r.key, r.value) for r in records if r.value is not None)
+                if records and records[-1].offset + 1 >= ends[tp]:
+                    todo.discard(tp)
+        return out
     finally:
         await consumer.stop()
 
@@ -83,5 +92,6 @@ async def _read(bootstrap: str, topic: str, idle: float) -> list[tuple[bytes | N
 def read_topic(
     bootstrap: str, topic: str, idle: float = 3.0
 ) -> Iterator[tuple[bytes | None, bytes]]:
-    """Every record of ``topic`` from the start, until ``idle`` seconds bring nothing."""
+    """Every record of ``topic`` from the start to its current end (or until ``idle``
+    seconds bring nothing)."""
     return iter(asyncio.run(_read(bootstrap, topic, idle)))

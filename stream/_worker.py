@@ -187,10 +187,12 @@ def build_app(cfg: WorkerConfig, policy: AlertPolicy | None = None) -> tuple[Any
         producer_linger_ms=5,
     )
     runtime = Runtime(cfg, policy or ThresholdPolicy(cfg.alert_threshold))
-    events = app.topic(cfg.events_topic, partitions=cfg.partitions)
-    dlq = app.topic(cfg.dlq_topic, partitions=cfg.partitions)
-    scores = app.topic(cfg.scores_topic, partitions=cfg.partitions)
-    alerts = app.topic(cfg.alerts_topic, partitions=cfg.partitions)
+    # internal=True: faust creates missing topics with our partition count (a broker's
+    # auto-creation would pick its own default, and the table must match the source)
+    events, dlq, scores, alerts = (
+        app.topic(name, partitions=cfg.partitions, internal=True)
+        for name in (cfg.events_topic, cfg.dlq_topic, cfg.scores_topic, cfg.alerts_topic)
+    )
     table = app.Table(
         "customer-state",
         partitions=cfg.partitions,
