@@ -284,7 +284,12 @@ def test_a_promoted_model_is_picked_up_while_events_flow(
             kwargs={"rate": 400.0},
         )
         feeder.start()
-        time.sleep(8)
+        deadline = time.monotonic() + 120
+        while worker.stats()["model_version"] != before or not worker.stats()["counts"].get(
+            "scored"
+        ):  # type: ignore[union-attr]
+            assert time.monotonic() < deadline, "the first champion was not loaded"
+            time.sleep(0.5)
         train_set = pl.read_parquet(champion_dir / "train.parquet")
         import dataclasses
 
