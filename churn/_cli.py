@@ -196,6 +196,13 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument(
         "--data-dir", type=Path, default=None, help="default: $CHURN_DATA_DIR or data/"
     )
+    demo.add_argument(
+        "--live-customers", type=_positive_int, default=500, help="customers streamed live"
+    )
+    demo.add_argument("--rate", type=float, default=100.0, help="live events per second")
+    demo.add_argument(
+        "--no-live", action="store_true", help="stop after training (no broker, no worker)"
+    )
     return parser
 
 
@@ -344,8 +351,7 @@ def _cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
     from datetime import UTC, datetime
 
     from features import LabelConfig
-    from training import Store, TrainConfig, promote
-    from training._pipeline import TrainJob, run_training
+    from training import Store, TrainConfig, TrainJob, promote, run_training
 
     store = Store.resolve(data_dir)
     print(f"\nTraining the churn and value models (tracking: {store.describe()}) ...")
@@ -360,7 +366,21 @@ def _cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
     run_training(job, store, now=now, code_version=code_version(), chunk_progress=_progress)
     print()
     print(promote(store, who=getpass.getuser(), now=now).format())
-    return 0
+    if args.no_live:
+        return 0
+    from churn._demo import DemoConfig, run_live
+
+    return run_live(
+        DemoConfig(
+            events=out,
+            data_dir=data_dir,
+            live_customers=min(args.live_customers, cfg.customers),
+            rate=args.rate,
+            broker_port=settings.broker_port,
+            web_port=settings.web_port,
+            seed=args.seed,
+        )
+    )
 
 
 def code_version() -> str:
@@ -398,8 +418,7 @@ def _store(args: argparse.Namespace, settings: Settings) -> Store:
 def _cmd_train(args: argparse.Namespace, settings: Settings) -> int:
     from datetime import UTC, datetime
 
-    from training import TrainConfig
-    from training._pipeline import TrainJob, run_training
+    from training import TrainConfig, TrainJob, run_training
 
     if args.events is None and args.train_set is None:
         raise ChurnEngineError("give --events (an event log) or --train-set (a built training set)")

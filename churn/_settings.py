@@ -28,7 +28,7 @@ class Settings(BaseSettings):
     partitions: int = Field(8, ge=1, le=1024, description="partitions of the topics")
     store: Literal["memory://", "rocksdb://"] = Field("memory://", description="faust table store")
     model_poll_seconds: float = Field(30.0, gt=0, description="how often the champion is checked")
-    alert_threshold: float = Field(0.5, ge=0, le=1, description="churn probability that alerts")
+    alert_threshold: float = Field(0.3, ge=0, le=1, description="churn probability that alerts")
     web_port: int = Field(6066, ge=1, le=65535, description="worker web port (/stats/)")
 
     @classmethod

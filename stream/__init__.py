@@ -1,6 +1,6 @@
 """Streaming: the faust worker, the development broker and log replay."""
 
-from stream._broker import Broker, port_open
+from stream._broker import Broker, port_open, stop_group
 from stream._lag import consumer_lag, read_topic
 from stream._replay import ReplayResult, load_replay, replay
 from stream._worker import BACKFILL_HEADER, Runtime, WorkerConfig, build_app, run_worker
@@ -18,4 +18,5 @@ __all__ = [
     "read_topic",
     "replay",
     "run_worker",
+    "stop_group",
 ]

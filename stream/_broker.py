@@ -17,9 +17,21 @@ from typing import Any
 
 from features.errors import ChurnEngineError
 
-__all__ = ["Broker", "port_open"]
+__all__ = ["Broker", "port_open", "stop_group"]
 
 logger = logging.getLogger(__name__)
+
+
+def stop_group(proc: subprocess.Popen[bytes], timeout: float = 15.0) -> None:
+    """Stop a process started with ``start_new_session=True`` and all its children."""
+    if proc.poll() is not None:
+        return
+    os.killpg(proc.pid, signal.SIGTERM)
+    try:
+        proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=timeout)
 
 
 def port_open(host: str, port: int) -> bool:
@@ -84,14 +96,9 @@ class Broker:
 
     def stop(self) -> None:
         proc, self.proc = self.proc, None
-        if proc is None or proc.poll() is not None:
+        if proc is None:
             return
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(timeout=10)
+        stop_group(proc)
         logger.info("broker on port %d stopped", self.port)
 
     def __enter__(self) -> Broker:

@@ -2,6 +2,7 @@
 
 from training._bundle import Calibrator, ModelBundle, reference_distribution
 from training._metrics import classification_metrics, expected_calibration_error, regression_metrics
+from training._pipeline import TrainJob, default_period, run_training
 from training._registry import (
     CHALLENGER,
     CHAMPION,
@@ -25,10 +26,12 @@ __all__ = [
     "Promotion",
     "Store",
     "TrainConfig",
+    "TrainJob",
     "TrainResult",
     "churn_split",
     "classification_metrics",
     "data_fingerprint",
+    "default_period",
     "expected_calibration_error",
     "list_models",
     "load_bundle",
@@ -36,6 +39,7 @@ __all__ = [
     "reference_distribution",
     "register",
     "regression_metrics",
+    "run_training",
     "train_models",
     "value_split",
 ]
