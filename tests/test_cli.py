@@ -91,7 +91,8 @@ def test_demo_simulates_trains_and_promotes(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-    assert main(["demo", "--customers", "800", "--months", "24", "--data-dir", str(tmp_path)]) == 0
+    args = ["demo", "--customers", "800", "--months", "24", "--data-dir", str(tmp_path)]
+    assert main([*args, "--no-live"]) == 0
     out = capsys.readouterr().out
     assert "Simulated bank: 800 customers" in out
     assert "training set:" in out

@@ -1,0 +1,239 @@
+"""Streaming benchmarks on the real (dev) broker: pipeline vs a no-op faust agent,
+and produce-to-score latency at a steady rate.
+
+``python -m bench.stream [--customers N] [--runs R]`` prints a Markdown section.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from datetime import UTC, date, datetime
+from pathlib import Path
+
+import numpy as np
+
+from bench.run import _machine
+from features import build_training_set, scan_log
+from features.events import decode
+from simulator import SimConfig, write_parquet
+from stream import Broker, consumer_lag, load_replay, replay, stop_group
+from training import Store, TrainConfig, promote, register, train_models
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _consume_rate(bootstrap: str, group: str, total: int, timeout: float = 900) -> float:
+    """Records/s between the first commit and lag 0 (start-up excluded)."""
+    t0 = c0 = None
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        lag = consumer_lag(bootstrap, group, "bank.events")
+        done = total - sum(lag.values())
+        now = time.monotonic()
+        if t0 is None and done > 0:
+            t0, c0 = now, done
+        if lag and sum(lag.values()) == 0 and t0 is not None:
+            return (total - c0) / max(now - t0, 1e-9)  # type: ignore[operator]
+        time.sleep(0.5)
+    raise RuntimeError("timed out")
+
+
+def _worker(cmd: list[str], env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
+    with log.open("wb") as out:
+        return subprocess.Popen(
+            cmd, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+        )
+
+
+def _rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--customers", type=int, default=600)
+    parser.add_argument("--runs", type=int, default=3)
+    args = parser.parse_args()
+    work = Path(tempfile.mkdtemp(prefix="bench-stream-"))
+    # a champion model, trained quickly
+    bank = work / "train.parquet"
+    write_parquet(SimConfig(customers=2500, months=24, seed=23), bank, workers=1)
+    ts = build_training_set(scan_log(bank), date(2024, 7, 1), date(2025, 10, 1), 30).frame
+    store = Store.resolve(work, environ={})
+    now = datetime.now(UTC)
+    register(
+        store,
+        train_models(
+            ts, __import__("features").LabelConfig(), TrainConfig(max_rounds=300), now=now
+        ),
+    )
+    promote(store, who="bench", now=now)
+    log = work / "events.parquet"
+    write_parquet(SimConfig(customers=args.customers, months=12, seed=5), log, workers=1)
+    frame = load_replay(log)
+    total = frame.height
+    ratios, pipes, noops, rss = [], [], [], []
+    for run in range(args.runs):
+        with Broker(_free_port(), log=work / f"broker{run}.log") as broker:
+            bootstrap = broker.url.removeprefix("kafka://")
+            replay(bootstrap, "bank.events", frame)  # live: every customer is scored
+            noop = _worker(
+                [sys.executable, "-m", "bench.noop_worker", broker.url, str(work / f"noop{run}")],
+                {**os.environ, "PYTHONPATH": str(ROOT)},
+                work / f"noop{run}.log",
+            )
+            try:
+                noops.append(_consume_rate(bootstrap, "noop-bench", total))
+            finally:
+                stop_group(noop)
+            web = _free_port()
+            env = {
+                **os.environ,
+                "CHURN_KAFKA_URL": broker.url,
+                "CHURN_WEB_PORT": str(web),
+                "CHURN_DATA_DIR": str(work),
+            }
+            pipe = _worker(
+                [sys.executable, "-m", "churn", "worker", "--data-dir", str(work)],
+                env,
+                work / f"worker{run}.log",
+            )
+            # the worker's store is the embedded one under CHURN_DATA_DIR/--data-dir
+            try:
+                pipes.append(_consume_rate(bootstrap, "churn-engine", total))
+                rss.append(_rss_mb(pipe.pid))
+            finally:
+                stop_group(pipe)
+        ratios.append(pipes[-1] / noops[-1])
+        print(
+            f"run {run + 1}: pipeline {pipes[-1]:,.0f}/s, no-op {noops[-1]:,.0f}/s, ratio {ratios[-1]:.3f}",
+            file=sys.stderr,
+        )
+    # latency at a steady rate of half the pipeline's capacity
+    rate = statistics.median(pipes) / 2
+    with Broker(_free_port(), log=work / "broker-lat.log") as broker:
+        bootstrap = broker.url.removeprefix("kafka://")
+        web = _free_port()
+        env = {
+            **os.environ,
+            "CHURN_KAFKA_URL": broker.url,
+            "CHURN_WEB_PORT": str(web),
+            "CHURN_DATA_DIR": str(work),
+        }
+        pipe = _worker(
+            [sys.executable, "-m", "churn", "worker", "--data-dir", str(work)],
+            env,
+            work / "worker-lat.log",
+        )
+        try:
+            deadline = time.monotonic() + 180
+            while time.monotonic() < deadline:
+                try:
+                    with urllib.request.urlopen(f"http://127.0.0.1:{web}/stats/", timeout=2) as r:
+                        if json.loads(r.read())["model_version"]:
+                            break
+                except OSError:
+                    pass
+                time.sleep(1)
+            part = frame.head(min(total, int(rate * 60)))
+            replay(bootstrap, "bank.events", part, rate=rate)
+            while sum(consumer_lag(bootstrap, "churn-engine", "bank.events").values()):
+                time.sleep(1)
+        finally:
+            stop_group(pipe)
+        latencies = _latencies(bootstrap)
+    p50, p99 = np.percentile(latencies, [50, 99])
+    print(
+        f"\n## Streaming pipeline (`python -m bench.stream --customers {args.customers} --runs {args.runs}`)\n"
+    )
+    print(
+        f"{_machine()}; {datetime.now(UTC).date()}; broker: Tansu 0.6 (memory), 8 partitions, one worker.\n"
+    )
+    print(
+        f"Log: {total:,} records ({args.customers} customers x 12 months), all scored (live, not backfill).\n"
+    )
+    print("| run | pipeline (records/s) | no-op faust agent (records/s) | ratio |")
+    print("|---|---|---|---|")
+    for i, (p, n, r) in enumerate(zip(pipes, noops, ratios, strict=True), 1):
+        print(f"| {i} | {p:,.0f} | {n:,.0f} | {r:.3f} |")
+    print(
+        f"| **median** | **{statistics.median(pipes):,.0f}** | **{statistics.median(noops):,.0f}** | **{statistics.median(ratios):.3f}** |\n"
+    )
+    print(
+        f"Produce-to-score latency at a steady {rate:,.0f} records/s (half the median capacity), {len(latencies):,} scores: p50 {p50:.0f} ms, p99 {p99:.0f} ms.\n"
+    )
+    print(
+        f"Worker RSS after the run: median {statistics.median(rss):,.0f} MB for {args.customers} customers."
+    )
+    return 0
+
+
+def _latencies(bootstrap: str) -> list[float]:
+    """ms from an event's produce time to the emission of the score at its time."""
+    from aiokafka import AIOKafkaConsumer  # noqa: F401 - read_topic uses it
+
+    sent: dict[tuple[str, int], float] = {}
+    for _, value, ts in _records(bootstrap, "bank.events"):
+        try:
+            ev = decode(value)
+        except Exception:  # noqa: S112 - malformed records have no score
+            continue
+        key = (ev.customer_id, int(ev.occurred_at.timestamp() * 1e6))
+        sent.setdefault(key, ts)
+    out = []
+    for _, value, ts in _records(bootstrap, "customer.scores"):
+        s = json.loads(value)
+        key = (s["customer_id"], int(datetime.fromisoformat(s["as_of"]).timestamp() * 1e6))
+        if key in sent:
+            out.append(ts - sent[key])
+    return out
+
+
+def _records(bootstrap: str, topic: str) -> list[tuple[bytes | None, bytes, float]]:
+    import asyncio
+
+    from aiokafka import AIOKafkaConsumer
+
+    async def run() -> list[tuple[bytes | None, bytes, float]]:
+        c = AIOKafkaConsumer(
+            topic,
+            bootstrap_servers=bootstrap,
+            auto_offset_reset="earliest",
+            enable_auto_commit=False,
+        )
+        await c.start()
+        out = []
+        try:
+            while True:
+                batch = await c.getmany(timeout_ms=5000, max_records=10000)
+                if not batch:
+                    return out
+                for recs in batch.values():
+                    out.extend((r.key, r.value, float(r.timestamp)) for r in recs)
+        finally:
+            await c.stop()
+
+    return asyncio.run(run())
+
+
+if __name__ == "__main__":
+    sys.exit(main())
