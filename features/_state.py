@@ -12,7 +12,9 @@ The state keeps
 * running lifetime aggregates, only for the signals and stats some feature reads
   (count, sum, first time, last time and last value);
 * the entities whose state matters now: products (open or closed), complaints
-  (open or resolved), the segment and the relationship manager.
+  (open or resolved; once resolved before the window, only their id is kept: they
+  stay closed whatever arrives for them later), the segment and the relationship
+  manager.
 
 ``aux`` holds the type's extra quantity: the days late of a loan instalment, or the
 merchant category (as a code) of a card payment, from which the distinct categories
@@ -250,6 +252,7 @@ class CustomerState:
         "_floor",
         "_top",
         "carry_balance",
+        "closed_complaints",
         "complaints",
         "customer_id",
         "life",
@@ -268,6 +271,7 @@ class CustomerState:
         self.carry_balance: int | None = None  # the latest balance among expired records
         self.products: dict[str, tuple[int, int, int]] = {}  # id -> (t, is_closed, type)
         self.complaints: dict[str, tuple[int | None, int | None]] = {}  # id -> filed, resolved
+        self.closed_complaints: set[str] = set()  # resolved before the window
         self.segment: tuple[int, int] | None = None  # (t, code)
         self.manager: tuple[int, str, str | None] | None = None  # (t, manager, branch)
         self._arrays: dict[str, npt.NDArray[np.int64]] | None = None
@@ -352,12 +356,9 @@ class CustomerState:
             old = self.products.get(ev.product_id)
             if old is None or key > old:
                 self.products[ev.product_id] = key
-        elif etype == "complaint_filed":
-            filed, resolved = self.complaints.get(ev.complaint_id, (None, None))
-            self.complaints[ev.complaint_id] = (t if filed is None else min(filed, t), resolved)
-        elif etype == "complaint_resolved":
-            filed, resolved = self.complaints.get(ev.complaint_id, (None, None))
-            self.complaints[ev.complaint_id] = (filed, t if resolved is None else min(resolved, t))
+        elif etype in ("complaint_filed", "complaint_resolved"):
+            if ev.complaint_id not in self.closed_complaints:
+                self._complaint(ev.complaint_id, etype == "complaint_filed", t)
         elif etype == "customer_onboarded":
             key2 = (t, _SEGMENT_CODE[ev.segment])
             if self.segment is None or key2 > self.segment:
@@ -365,6 +366,13 @@ class CustomerState:
             self._manager(t, ev.manager_id, ev.branch_id)
         elif etype == "manager_reassigned":
             self._manager(t, ev.manager_id, ev.branch_id)
+
+    def _complaint(self, cid: str, filing: bool, t: int) -> None:
+        filed, resolved = self.complaints.get(cid, (None, None))
+        if filing:
+            self.complaints[cid] = (t if filed is None else min(filed, t), resolved)
+        else:
+            self.complaints[cid] = (filed, t if resolved is None else min(resolved, t))
 
     def _manager(self, t: int, manager: str, branch: str | None) -> None:
         if self.manager is None or (t, manager) > self.manager[:2]:
@@ -387,6 +395,7 @@ class CustomerState:
             for cid, (_filed, resolved) in list(self.complaints.items()):
                 if resolved is not None and resolved < horizon_t:
                     del self.complaints[cid]
+                    self.closed_complaints.add(cid)
 
     # ------------------------------------------------------------------ reading
     @property
@@ -532,6 +541,7 @@ class CustomerState:
                 [(k, times.opt(f), times.opt(r)) for k, (f, r) in sorted(self.complaints.items())],
                 None if self.segment is None else times.pair(self.segment),
                 None if self.manager is None else (times.put(self.manager[0]), *self.manager[1:]),
+                sorted(self.closed_complaints),
             )
         )
         return bytes([STATE_VERSION]) + zlib.compress(body, 9)
@@ -567,6 +577,7 @@ class CustomerState:
             s.segment = None if fields[8] is None else times.unpair(fields[8])
             if fields[9] is not None:
                 s.manager = (times.get(fields[9][0]), fields[9][1], fields[9][2])
+            s.closed_complaints = set(fields[10])
         except (
             zlib.error,
             msgspec.DecodeError,
