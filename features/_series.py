@@ -21,7 +21,7 @@ import numpy.typing as npt
 
 from features._definitions import DAY_US, MONTH_DAYS, Agg
 
-__all__ = ["SERIES_STATS", "Series", "series_aggregates"]
+__all__ = ["SERIES_STATS", "Series", "last_at_or_before", "series_aggregates"]
 
 I64 = npt.NDArray[np.int64]
 F64 = npt.NDArray[np.float64]
@@ -43,7 +43,6 @@ class Series:
 
     cust: I64
     t: I64
-    day: I64
     value: I64
     _cache: dict[str, I64] = field(default_factory=dict)
 
@@ -53,9 +52,10 @@ class Series:
             if name == "sums":
                 steps = self.value
             else:
+                day = self.t // DAY_US
                 steps = np.ones(self.t.size, np.int64)
                 if self.t.size:
-                    steps[1:] = (self.day[1:] != self.day[:-1]) | (self.cust[1:] != self.cust[:-1])
+                    steps[1:] = (day[1:] != day[:-1]) | (self.cust[1:] != self.cust[:-1])
             self._cache[name] = np.concatenate([np.zeros(1, np.int64), np.cumsum(steps)])
         return self._cache[name]
 
@@ -72,6 +72,21 @@ class Series:
             best = np.maximum.reduceat(self.value, first) if n else self.value
             self._cache["tie"] = np.repeat(best, sizes)
         return self._cache["tie"]
+
+
+def last_at_or_before(cust: I64, t: I64, probe_cust: I64, probe_t: I64) -> I64:
+    """For each probe, the index of its customer's last event at or before its time.
+
+    Events are sorted by (customer, time); where the customer has none, the index is
+    that of the customer's first event minus one (``searchsorted(cust, probe_cust)
+    - 1``). Probes sorted by (customer, time) are the fastest.
+    """
+    grid = np.unique(probe_t)
+    span = grid.size + 1
+    # an event is at or before the probe grid[j] iff its place in the grid is <= j
+    keys = cust * span + np.searchsorted(grid, t, "left")
+    probes = probe_cust * span + np.searchsorted(grid, probe_t, "left")
+    return np.searchsorted(keys, probes, "right") - 1
 
 
 def _end_of_day(as_of_day: I64, days_back: int) -> I64:
@@ -159,7 +174,7 @@ def series_aggregates(
     places = {b: np.searchsorted(grid, p) for b, p in probes.items()}
     readers: dict[int, _Reader] = {}
     none = np.zeros(0, np.int64)
-    empty = Series(none, none, none, none)
+    empty = Series(none, none, none)
     out: dict[str, F64] = {}
     for a in aggs:
         i = signal_index[a.signal]
