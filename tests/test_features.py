@@ -231,6 +231,8 @@ def test_corrupt_or_foreign_state_bytes_are_refused() -> None:
         CustomerState.from_bytes(good[:1] + b"not zlib")
     with pytest.raises(DataError, match="version"):
         CustomerState.from_bytes(bytes([99]) + good[1:])
+    with pytest.raises(DataError, match="older engine: rebuild the state by replaying the log"):
+        CustomerState.from_bytes(bytes([1]) + good[1:])
     with pytest.raises(DataError, match="version"):
         CustomerState.from_bytes(b"")
 
