@@ -30,6 +30,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Final, Literal
 
+import numpy as np
 import polars as pl
 
 from features._definitions import (
@@ -40,6 +41,7 @@ from features._definitions import (
     SIGNALS_BY_NAME,
 )
 from features._offline import held_products, signal_condition
+from features._series import last_at_or_before
 from features.errors import ConfigError
 
 __all__ = ["CHURN_DEFINITIONS", "LabelConfig", "data_end", "label_snapshots", "trailing_value"]
@@ -206,57 +208,66 @@ def _already_churned(events: pl.LazyFrame, snaps: pl.DataFrame, cfg: LabelConfig
 def _value(
     events: pl.LazyFrame, kept: pl.DataFrame, cfg: LabelConfig, data_end_us: int
 ) -> pl.DataFrame:
+    """The value label over ``(as_of, as_of + value_days]``; null where not over yet."""
     period = cfg.value_days * DAY_US
-    s = kept.lazy().select("snap", "customer_id", "as_of_us")
-    return (
-        _contribution(events, s, 0, cfg.value_days)
+    value = _period_value(events, kept, 0, cfg.value_days)
+    return kept.select(
+        "snap",
+        pl.when(pl.col("as_of_us") + period <= data_end_us)
+        .then(pl.Series(value, dtype=pl.Float64))
+        .otherwise(None)
+        .alias("value_minor"),
+    )
+
+
+def _period_value(events: pl.LazyFrame, snaps: pl.DataFrame, start: int, end: int) -> np.ndarray:
+    """Contribution over ``(as_of + start days, as_of + end days]`` per row of ``snaps``
+    (``customer_id``, ``as_of_us``): sums read from prefix sums of the customer's money
+    events (sorted by time) at both ends of the period."""
+    money = (
+        events.filter(pl.col("amount_minor").is_not_null())
         .select(
-            "snap",
-            pl.when(pl.col("as_of_us") + period <= data_end_us)
-            .then(pl.col("value_minor"))
-            .otherwise(None)
-            .alias("value_minor"),
+            "customer_id",
+            "t",
+            *(
+                pl.when(pl.col("event_type") == kind).then("amount_minor").otherwise(0).alias(kind)
+                for kind in _VALUE_KINDS
+            ),
+            pl.col("balance_minor").clip(lower_bound=0).fill_null(0).alias("balance"),
+            pl.col("balance_minor").is_not_null().cast(pl.Int64).alias("balances"),
         )
         .collect()
     )
-
-
-def _contribution(events: pl.LazyFrame, s: pl.LazyFrame, start: int, end: int) -> pl.LazyFrame:
-    """Contribution over ``(as_of + start days, as_of + end days]`` per ``snap`` of ``s``."""
-    lo, hi = start * DAY_US, end * DAY_US
-    window = (
-        events.filter(pl.col("amount_minor").is_not_null())
-        .select("customer_id", "t", "event_type", "amount_minor", "balance_minor")
-        .join(s, on="customer_id")
-        .filter((pl.col("t") > pl.col("as_of_us") + lo) & (pl.col("t") <= pl.col("as_of_us") + hi))
-        .group_by("snap")
-        .agg(
-            pl.col("amount_minor")
-            .filter(pl.col("event_type") == "fee_charged")
-            .sum()
-            .alias("fees"),
-            pl.col("amount_minor")
-            .filter(pl.col("event_type") == "card_payment")
-            .sum()
-            .alias("card"),
-            pl.col("amount_minor")
-            .filter(pl.col("event_type") == "loan_repayment")
-            .sum()
-            .alias("loans"),
-            pl.col("balance_minor").clip(lower_bound=0).mean().alias("avg_balance"),
-        )
+    ids = pl.concat([money["customer_id"], snaps["customer_id"]]).unique().sort()
+    codes = pl.Enum(ids)
+    money = money.with_columns(
+        pl.col("customer_id").cast(codes).to_physical().cast(pl.Int64).alias("cust")
     )
+    cust, t = money["cust"].to_numpy(), money["t"].to_numpy()
+    if not np.all((np.diff(cust) > 0) | ((np.diff(cust) == 0) & (np.diff(t) >= 0))):
+        money = money.sort("cust", "t")  # logs read in order are sorted already
+        cust, t = money["cust"].to_numpy(), money["t"].to_numpy()
+    snap_cust = snaps["customer_id"].cast(codes).to_physical().cast(pl.Int64).to_numpy()
+    as_of = snaps["as_of_us"].to_numpy()
+    lo = last_at_or_before(cust, t, snap_cust, as_of + start * DAY_US)
+    hi = last_at_or_before(cust, t, snap_cust, as_of + end * DAY_US)
+
+    def total(name: str) -> np.ndarray:
+        prefix = np.concatenate([np.zeros(1, np.int64), np.cumsum(money[name].to_numpy())])
+        return np.asarray(prefix[hi + 1] - prefix[lo + 1])
+
+    balances = total("balances")
+    avg_balance = np.where(balances > 0, total("balance") / np.maximum(balances, 1), 0.0)
     years = (end - start) / 365.0
-    return s.join(window, on="snap", how="left").select(
-        "snap",
-        "as_of_us",
-        (
-            pl.col("fees").fill_null(0)
-            + INTERCHANGE * pl.col("card").fill_null(0)
-            + DEPOSIT_SPREAD * years * pl.col("avg_balance").fill_null(0)
-            + LOAN_MARGIN_SHARE * pl.col("loans").fill_null(0)
-        ).alias("value_minor"),
+    return np.asarray(
+        total("fee_charged")
+        + INTERCHANGE * total("card_payment")
+        + DEPOSIT_SPREAD * years * avg_balance
+        + LOAN_MARGIN_SHARE * total("loan_repayment")
     )
+
+
+_VALUE_KINDS: Final = ("fee_charged", "card_payment", "loan_repayment")
 
 
 def trailing_value(events: pl.LazyFrame, snapshots: pl.DataFrame, days: int = 365) -> pl.DataFrame:
@@ -269,12 +280,10 @@ def trailing_value(events: pl.LazyFrame, snapshots: pl.DataFrame, days: int = 36
         "customer_id",
         "as_of",
         pl.col("as_of").dt.cast_time_unit("us").cast(pl.Int64).alias("as_of_us"),
-    ).with_row_index("snap")
-    value = _contribution(events, snaps.lazy(), -days, 0).select("snap", "value_minor").collect()
-    return (
-        snaps.join(value, on="snap", how="left")
-        .sort("snap")
-        .select("customer_id", "as_of", pl.col("value_minor").alias("trailing_value_minor"))
+    )
+    value = _period_value(events, snaps, -days, 0)
+    return snaps.select(
+        "customer_id", "as_of", pl.Series("trailing_value_minor", value, dtype=pl.Float64)
     )
 
 

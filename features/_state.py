@@ -2,14 +2,23 @@
 
 The state keeps
 
-* the events of the last 180 days (the longest window) as compact records, sorted
-  by time: they answer every windowed aggregate and identify duplicates (a 40-bit
-  hash of the event id; a second copy of an event still in the window changes
-  nothing);
-* running lifetime aggregates per signal (count, sum, first and last time, last value);
+* the events of the last 180 days (the longest window) as compact records, sorted:
+  ``(time, balance, id hash, signal mask, value, aux)``. They answer every windowed
+  aggregate and identify duplicates: a second copy of an event still in the window
+  gives the very same record (the 32-bit hash of its id included), and a record
+  already held is not applied again. Two different events that carry the same time,
+  amounts, signals *and* id hash would be taken for one: the hash is there so that
+  this takes a hash collision on top of identical contents;
+* running lifetime aggregates, only for the signals and stats some feature reads
+  (count, sum, first time, last time and last value);
 * the entities whose state matters now: products (open or closed), complaints
-  (open or resolved), the last time each merchant category was paid, the segment
-  and the relationship manager.
+  (open or resolved; once resolved before the window, only their id is kept: they
+  stay closed whatever arrives for them later), the segment and the relationship
+  manager.
+
+``aux`` holds the type's extra quantity: the days late of a loan instalment, or the
+merchant category (as a code) of a card payment, from which the distinct categories
+of a window are counted.
 
 Memory is bounded by the activity of 180 days, whatever the length of the history.
 
@@ -19,7 +28,7 @@ day seen for the customer is *too late*: it is not applied (``apply`` returns
 recognised, and no windowed feature would see it. Logs replayed in delivery order
 with less than 180 days of lateness therefore give exactly the offline features.
 
->>> from datetime import UTC, datetime
+>>> from datetime import UTC, datetime, timezone, tzinfo
 >>> from features.events import DigitalLogin
 >>> s = CustomerState("C1")
 >>> ev = DigitalLogin(event_id="e1", customer_id="C1",
@@ -33,10 +42,13 @@ with less than 180 days of lateness therefore give exactly the offline features.
 from __future__ import annotations
 
 import bisect
+import itertools
 import zlib
-from collections.abc import Iterable
-from datetime import UTC, datetime
-from typing import Any, Final, Literal
+from collections.abc import Callable, Iterable
+from datetime import UTC, datetime, timezone, tzinfo
+from operator import attrgetter
+from types import SimpleNamespace
+from typing import Any, Final, Literal, cast
 
 import msgspec
 import numpy as np
@@ -52,25 +64,44 @@ from features._definitions import (
     finalize,
 )
 from features.errors import ChurnEngineError, DataError
-from features.events import EVENT_TYPES, PRODUCT_TYPES, SEGMENTS, Event
+from features.events import EVENT_TYPES, MERCHANT_CATEGORIES, PRODUCT_TYPES, SEGMENTS, Event
 
 __all__ = ["STATE_VERSION", "CustomerState", "event_hash", "to_us"]
 
-STATE_VERSION: Final = 1
+STATE_VERSION: Final = 2
 EPOCH: Final = datetime(1970, 1, 1, tzinfo=UTC)
 Outcome = Literal["applied", "duplicate", "too_late"]
 
 # record columns
 _T, _BAL, _HASH, _MASK, _VALUE, _AUX = range(6)
 Record = tuple[int, int, int, int, int, int]
+_NONE: Final = -(1 << 63)  # "no event yet" for the newest time and the window floor
 
 
 def to_us(when: datetime) -> int:
     """Exact microseconds since the epoch of an aware datetime."""
-    if when.tzinfo is None:
-        raise DataError(f"naive datetime {when.isoformat()}: an offset is required")
-    delta = when - EPOCH
+    epoch = _EPOCHS.get(when.tzinfo) or _epoch_for(when)
+    delta = when - epoch
     return (delta.days * 86_400 + delta.seconds) * 1_000_000 + delta.microseconds
+
+
+# The epoch as a datetime of the same zone, for zones of a fixed offset: subtracting
+# two datetimes of one zone object skips the offset look-ups (zoneinfo's UTC, which
+# polars hands out, costs 0.7 µs per subtraction otherwise). Other zones get the UTC
+# epoch (offsets applied, as for any two zones).
+_EPOCHS: Final[dict[tzinfo | None, datetime]] = {UTC: EPOCH}
+_FIXED_ZONES: Final = frozenset({"UTC", "Etc/UTC", "Etc/GMT", "GMT", "Etc/Universal", "Etc/Zulu"})
+
+
+def _epoch_for(when: datetime) -> datetime:
+    zone = when.tzinfo
+    if zone is None:
+        raise DataError(f"naive datetime {when.isoformat()}: an offset is required")
+    fixed = isinstance(zone, timezone) or getattr(zone, "key", None) in _FIXED_ZONES
+    epoch = EPOCH.astimezone(zone) if fixed else EPOCH
+    if len(_EPOCHS) < 1024:  # zones are few; a bound all the same
+        _EPOCHS[zone] = epoch
+    return epoch
 
 
 def event_hash(event_id: str) -> int:
@@ -82,48 +113,144 @@ def event_hash(event_id: str) -> int:
     return zlib.crc32(event_id.encode())
 
 
-def _matcher(sig_index: int) -> Any:
-    sig = SIGNALS[sig_index]
-
-    def match(ev: Any) -> bool:
-        for name, allowed in sig.where:
-            if getattr(ev, name, None) not in allowed:
-                return False
-        for name, banned in sig.where_not:
-            if getattr(ev, name, None) in banned:
-                return False
-        return not (sig.positive and not getattr(ev, sig.value or "", 0) > 0)
-
-    return match
-
-
-# per event type, the signals it may feed: (signal index, bit, field giving the value,
-# predicate kind, predicate field, predicate values); kinds: 0 none, 1 field in values,
-# 2 field not in values, 3 value > 0, 4 anything else (the general matcher)
-_Plan = tuple[int, int, str | None, int, Any, Any]
-_BY_TYPE: Final[dict[str, list[_Plan]]] = {}
-for _i, _s in enumerate(SIGNALS):
-    _conds = len(_s.where) + len(_s.where_not) + int(_s.positive)
-    if _conds == 0:
-        _plan: _Plan = (_i, 1 << _i, _s.value, 0, None, None)
-    elif _conds == 1 and _s.where:
-        _plan = (_i, 1 << _i, _s.value, 1, _s.where[0][0], _s.where[0][1])
-    elif _conds == 1 and _s.where_not:
-        _plan = (_i, 1 << _i, _s.value, 2, _s.where_not[0][0], _s.where_not[0][1])
-    elif _conds == 1:
-        _plan = (_i, 1 << _i, _s.value, 3, _s.value, None)
-    else:
-        _plan = (_i, 1 << _i, _s.value, 4, _matcher(_i), None)
-    for _t in _s.event_types:
-        _BY_TYPE.setdefault(_t, []).append(_plan)
-# 1: money event (balance, amount), 2: survey (score), 0: neither
-_SHAPE: Final = {
-    tag: 1 if "amount_minor" in cls.__struct_fields__ else 2 if tag == "survey_answered" else 0
-    for tag, cls in EVENT_TYPES.items()
+_SIG_INDEX: Final = {s.name: i for i, s in enumerate(SIGNALS)}
+# categorical values kept as codes in the aux column
+_CODES: Final[dict[str, dict[object, int]]] = {
+    "merchant_category": {c: i for i, c in enumerate(MERCHANT_CATEGORIES)}
 }
+# where each signal's value lives in a record; None: the signal counts events
+_VALUE_COLUMN: Final[dict[str | None, int | None]] = {
+    "amount_minor": _VALUE,
+    "score": _VALUE,
+    "balance_minor": _BAL,
+    "days_late": _AUX,
+    "merchant_category": _AUX,
+    None: None,
+}
+_SEGMENT_CODE: Final = {s: i for i, s in enumerate(SEGMENTS)}
+_PRODUCT_CODE: Final = {p: i for i, p in enumerate(PRODUCT_TYPES)}
+
+# lifetime record per signal: [count, sum, first_t, last_t, last_v]; kept only for the
+# signals of a lifetime aggregate, and only the fields that aggregate needs are
+# serialised (the others read 0 after a round trip: nothing reads them)
+_L_COUNT, _L_SUM, _L_FIRST, _L_LAST, _L_LASTV = range(5)
+_LIFE_FIELDS_OF_STAT: Final = {
+    "count": (_L_COUNT,),
+    "sum": (_L_SUM,),
+    "first_us": (_L_FIRST,),
+    "last_us": (_L_LAST,),
+    "last": (_L_LAST, _L_LASTV),
+}
+_LIFE: Final[dict[int, tuple[int, ...]]] = {}
+for _a in AGGREGATES:
+    if _a.window is None and _a.signal in _SIG_INDEX and _a.stat in _LIFE_FIELDS_OF_STAT:
+        _i = _SIG_INDEX[_a.signal]
+        _LIFE[_i] = tuple(sorted({*_LIFE.get(_i, ()), *_LIFE_FIELDS_OF_STAT[_a.stat]}))
+_LIFE_TIMES: Final = frozenset({_L_FIRST, _L_LAST})
+
+
+def _matches(sig_index: int, ev: Any) -> bool:
+    sig = SIGNALS[sig_index]
+    for name, allowed in sig.where:
+        if getattr(ev, name, None) not in allowed:
+            return False
+    for name, banned in sig.where_not:
+        if getattr(ev, name, None) in banned:
+            return False
+    return not (sig.positive and not getattr(ev, sig.value or "", 0) > 0)
+
+
+# A plan per event type: which of the record's numbers the type has (shape), a key
+# made of the fields the signal conditions read, and a cache from that key to what
+# the event feeds: (signal mask, aux code, lifetime feeds ((signal, value column), ...)).
+# Shapes: 0 no numbers, 1 money (aux from the cache), 2 money with an integer aux
+# field, 3 a survey score.
+_Fed = tuple[int, int, tuple[tuple[int, int], ...]]
+_Plan = tuple[int, Callable[[Any], object] | None, dict[object, _Fed]]
+
+
+def _plan(tag: str, cls: Any) -> _Plan:
+    fields = set(cls.__struct_fields__)
+    sigs = [s for s in SIGNALS if tag in s.event_types]
+    keys = sorted(
+        {name for s in sigs for name, _ in (*s.where, *s.where_not) if name in fields}
+        | {s.value for s in sigs if s.value in _CODES}
+    )
+    positive = sorted({s.value for s in sigs if s.positive and s.value})
+    aux = {s.value for s in sigs if _VALUE_COLUMN.get(s.value) == _AUX} - set(_CODES)
+    if len(aux) > 1:  # pragma: no cover - definitions never ask
+        raise ValueError(f"{tag}: more than one aux quantity: {aux}")
+    shape = (2 if aux else 1) if "amount_minor" in fields else 3 if "score" in fields else 0
+    key: Callable[[Any], object] | None = None
+    if positive:
+        get = attrgetter(*keys) if keys else (lambda _ev: None)
+        key = lambda ev: (get(ev), *(getattr(ev, p) > 0 for p in positive))  # noqa: E731
+    elif keys:
+        key = attrgetter(*keys)
+    return shape, key, {}
+
+
+_PLANS: Final = {cls: _plan(tag, cls) for tag, cls in EVENT_TYPES.items()}
+_TAG: Final[dict[type, str]] = {cls: tag for tag, cls in EVENT_TYPES.items()}
+
+
+def _feeds(ev: Any) -> _Fed:
+    """What an event feeds (the cache of its type misses: computed once per key)."""
+    tag = _TAG[type(ev)]
+    mask, code = 0, 0
+    life: list[tuple[int, int]] = []
+    for i, sig in enumerate(SIGNALS):
+        if tag not in sig.event_types or not _matches(i, ev):
+            continue
+        mask |= 1 << i
+        if sig.value in _CODES:
+            code = _CODES[sig.value][getattr(ev, sig.value)]
+        if i in _LIFE:
+            column = _VALUE_COLUMN.get(sig.value, -2)
+            # -1: the signal counts (value 1); -2: not a number (value 0)
+            life.append((i, -1 if column is None else -2 if sig.value in _CODES else column))
+    return mask, code, tuple(life)
+
+
+def _choices(t: Any) -> tuple[object, ...] | None:
+    """Every value a field of this type can take, or None when they are too many."""
+    if isinstance(t, msgspec.inspect.Metadata):
+        t = t.type
+    if isinstance(t, msgspec.inspect.LiteralType):
+        return tuple(t.values)
+    if isinstance(t, msgspec.inspect.BoolType):
+        return (False, True)
+    if isinstance(t, msgspec.inspect.UnionType):
+        parts = [_choices(x) for x in t.types]
+        if all(p is not None for p in parts):
+            return tuple(v for p in parts for v in p or ())
+    if isinstance(t, msgspec.inspect.NoneType):
+        return (None,)
+    return None
+
+
+def _reachable_masks() -> tuple[int, ...]:
+    """Every signal mask a valid event can have: records store a code into this table."""
+    masks: set[int] = set()
+    for tag, cls in EVENT_TYPES.items():
+        sigs = [(i, s) for i, s in enumerate(SIGNALS) if tag in s.event_types]
+        types = {f.name: f.type for f in msgspec.inspect.type_info(cls).fields}  # type: ignore[attr-defined]
+        names = sorted({n for _, s in sigs for n, _ in (*s.where, *s.where_not)} & set(types))
+        positive = sorted({s.value for _, s in sigs if s.positive and s.value})
+        options = [_choices(types[n]) for n in names] + [(0, 1)] * len(positive)
+        if any(o is None for o in options):  # pragma: no cover - definitions never ask
+            continue  # such masks go to a palette of the state's own
+        for combo in itertools.product(*(o or () for o in options)):
+            ev = SimpleNamespace(**dict(zip([*names, *positive], combo, strict=True)))
+            masks.add(sum(1 << i for i, _ in sigs if _matches(i, ev)))
+    return tuple(sorted(masks))
+
+
+_MASKS: Final = np.array(_reachable_masks(), np.int64)
+
+
 _ENTITY_TYPES: Final = frozenset(
     {
-        "card_payment",
         "product_opened",
         "product_closed",
         "complaint_filed",
@@ -132,20 +259,7 @@ _ENTITY_TYPES: Final = frozenset(
         "manager_reassigned",
     }
 )
-_SIG_INDEX: Final = {s.name: i for i, s in enumerate(SIGNALS)}
-_TAG: Final[dict[type, str]] = {cls: tag for tag, cls in EVENT_TYPES.items()}
-_VALUE_COLUMN: Final = {
-    "amount_minor": _VALUE,
-    "score": _VALUE,
-    "balance_minor": _BAL,
-    "days_late": _AUX,
-    None: None,
-}
-_SEGMENT_CODE: Final = {s: i for i, s in enumerate(SEGMENTS)}
-_PRODUCT_CODE: Final = {p: i for i, p in enumerate(PRODUCT_TYPES)}
-
-# lifetime record per signal: [count, sum, first_t, last_t, last_v]
-_L_COUNT, _L_SUM, _L_FIRST, _L_LAST, _L_LASTV = range(5)
+_ENTITY_CLASSES: Final = frozenset(EVENT_TYPES[t] for t in _ENTITY_TYPES)
 
 
 class CustomerState:
@@ -153,32 +267,37 @@ class CustomerState:
 
     __slots__ = (
         "_arrays",
+        "_floor",
+        "_top",
         "carry_balance",
+        "closed_complaints",
         "complaints",
         "customer_id",
-        "last_categories",
         "life",
         "manager",
-        "max_t",
         "products",
         "records",
-        "seen",
         "segment",
     )
 
     def __init__(self, customer_id: str) -> None:
         self.customer_id = customer_id
-        self.max_t: int | None = None
+        self._top = _NONE  # newest event time
+        self._floor = _NONE  # first time still in the window: older events are too late
         self.records: list[Record] = []
-        self.seen: dict[int, int] = {}  # event-id hash -> records holding it
         self.life: dict[int, list[int]] = {}
-        self.carry_balance: tuple[int, int] | None = None  # last (t, balance) expired
+        self.carry_balance: int | None = None  # the latest balance among expired records
         self.products: dict[str, tuple[int, int, int]] = {}  # id -> (t, is_closed, type)
         self.complaints: dict[str, tuple[int | None, int | None]] = {}  # id -> filed, resolved
-        self.last_categories: dict[str, int] = {}  # merchant category -> last time
+        self.closed_complaints: set[str] = set()  # resolved before the window
         self.segment: tuple[int, int] | None = None  # (t, code)
         self.manager: tuple[int, str, str | None] | None = None  # (t, manager, branch)
         self._arrays: dict[str, npt.NDArray[np.int64]] | None = None
+
+    @property
+    def max_t(self) -> int | None:
+        """Time (µs) of the newest event applied; None before the first."""
+        return None if self._top == _NONE else self._top
 
     # ------------------------------------------------------------------ folding
     def apply(self, ev: Event) -> Outcome:
@@ -187,91 +306,74 @@ class CustomerState:
             raise ChurnEngineError(
                 f"event {ev.event_id} of customer {ev.customer_id} applied to {self.customer_id}"
             )
-        t = to_us(ev.occurred_at)
-        day = t // DAY_US
-        newest_day = self.max_t // DAY_US if self.max_t is not None else day
-        if day <= newest_day - LONGEST_WINDOW:
+        when = ev.occurred_at
+        delta = when - (_EPOCHS.get(when.tzinfo) or _epoch_for(when))
+        t = (delta.days * 86_400 + delta.seconds) * 1_000_000 + delta.microseconds
+        if t < self._floor:
             return "too_late"
-        h = event_hash(ev.event_id)
-        etype = _TAG[type(ev)]
-        mask = 0
-        fed: list[tuple[int, object]] = []
-        for i, bit, field, kind, arg, values in _BY_TYPE.get(etype, ()):
-            if kind == 1:
-                if getattr(ev, arg, None) not in values:
-                    continue
-            elif kind == 2:
-                if getattr(ev, arg, None) in values:
-                    continue
-            elif kind == 3:
-                if not getattr(ev, arg) > 0:
-                    continue
-            elif kind == 4 and not arg(ev):
-                continue
-            mask |= bit
-            fed.append((i, getattr(ev, field) if field is not None else 1))
-        shape = _SHAPE[etype]  # which of the record's fields this type has
+        shape, key, cache = _PLANS[type(ev)]
+        k = key(ev) if key is not None else None
+        fed = cache.get(k)
+        if fed is None:
+            fed = cache[k] = _feeds(ev)
+        mask, aux, life_feeds = fed
+        h = zlib.crc32(ev.event_id.encode())
         if shape == 1:
-            bal: int = ev.balance_minor  # type: ignore[union-attr]
-            value: int = ev.amount_minor  # type: ignore[union-attr]
-            aux: int = ev.days_late if etype == "loan_repayment" else 0  # type: ignore[union-attr]
+            record: Record = (t, ev.balance_minor, h, mask, ev.amount_minor, aux)  # type: ignore[union-attr]
+        elif shape == 0:
+            record = (t, 0, h, mask, 0, 0)
         elif shape == 2:
-            bal, value, aux = 0, ev.score, 0  # type: ignore[union-attr]
+            record = (t, ev.balance_minor, h, mask, ev.amount_minor, ev.days_late)  # type: ignore[union-attr]
         else:
-            bal, value, aux = 0, 0, 0
-        record: Record = (t, bal, h, mask, value, aux)
+            record = (t, 0, h, mask, ev.score, 0)  # type: ignore[union-attr]
         records = self.records
-        seen = self.seen
-        if h in seen:
-            # a hash match is a duplicate only if the whole record matches too
-            i = bisect.bisect_left(records, record)
-            if i < len(records) and records[i] == record:
-                return "duplicate"
-        seen[h] = seen.get(h, 0) + 1
-        self._arrays = None
-        life = self.life
-        for i, v in fed:
-            n = v if isinstance(v, int) else 0
-            rec = life.get(i)
-            if rec is None:
-                life[i] = [1, n, t, t, n]
-                continue
-            rec[_L_COUNT] += 1
-            rec[_L_SUM] += n
-            if t < rec[_L_FIRST]:
-                rec[_L_FIRST] = t
-            if t > rec[_L_LAST] or (t == rec[_L_LAST] and n > rec[_L_LASTV]):
-                rec[_L_LAST] = t
-                rec[_L_LASTV] = n
-        if not records or record >= records[-1]:
+        # a duplicate gives the very same record: look for it where it would go
+        if not records or record > records[-1]:
             records.append(record)
+        elif record == records[-1]:
+            return "duplicate"
         else:
-            bisect.insort(records, record)
-        if etype in _ENTITY_TYPES:
-            self._entities(ev, etype, t)
-        if self.max_t is None or t > self.max_t:
-            self.max_t = t
-            if records[0][0] < (day - LONGEST_WINDOW + 1) * DAY_US:
-                self._expire(day)
+            i = bisect.bisect_left(records, record)
+            if records[i] == record:
+                return "duplicate"
+            records.insert(i, record)
+        self._arrays = None
+        if life_feeds:
+            life = self.life
+            for i, column in life_feeds:
+                n = record[column] if column >= 0 else 1 if column == -1 else 0
+                rec = life.get(i)
+                if rec is None:
+                    life[i] = [1, n, t, t, n]
+                    continue
+                rec[_L_COUNT] += 1
+                rec[_L_SUM] += n
+                if t < rec[_L_FIRST]:
+                    rec[_L_FIRST] = t
+                if t > rec[_L_LAST] or (t == rec[_L_LAST] and n > rec[_L_LASTV]):
+                    rec[_L_LAST] = t
+                    rec[_L_LASTV] = n
+        if type(ev) in _ENTITY_CLASSES:
+            self._entities(ev, _TAG[type(ev)], t)
+        if t > self._top:
+            self._top = t
+            floor = (t // DAY_US - LONGEST_WINDOW + 1) * DAY_US
+            if floor > self._floor:
+                self._floor = floor
+                if records[0][0] < floor:
+                    self._expire()
         return "applied"
 
     def _entities(self, ev: Any, etype: str, t: int) -> None:
-        if etype == "card_payment":
-            cat = ev.merchant_category
-            if t > self.last_categories.get(cat, -1):
-                self.last_categories[cat] = t
-        elif etype in ("product_opened", "product_closed"):
+        if etype in ("product_opened", "product_closed"):
             closed = int(etype == "product_closed")
             key = (t, closed, _PRODUCT_CODE[ev.product_type])
             old = self.products.get(ev.product_id)
             if old is None or key > old:
                 self.products[ev.product_id] = key
-        elif etype == "complaint_filed":
-            filed, resolved = self.complaints.get(ev.complaint_id, (None, None))
-            self.complaints[ev.complaint_id] = (t if filed is None else min(filed, t), resolved)
-        elif etype == "complaint_resolved":
-            filed, resolved = self.complaints.get(ev.complaint_id, (None, None))
-            self.complaints[ev.complaint_id] = (filed, t if resolved is None else min(resolved, t))
+        elif etype in ("complaint_filed", "complaint_resolved"):
+            if ev.complaint_id not in self.closed_complaints:
+                self._complaint(ev.complaint_id, etype == "complaint_filed", t)
         elif etype == "customer_onboarded":
             key2 = (t, _SEGMENT_CODE[ev.segment])
             if self.segment is None or key2 > self.segment:
@@ -280,32 +382,35 @@ class CustomerState:
         elif etype == "manager_reassigned":
             self._manager(t, ev.manager_id, ev.branch_id)
 
+    def _complaint(self, cid: str, filing: bool, t: int) -> None:
+        filed, resolved = self.complaints.get(cid, (None, None))
+        if filing:
+            self.complaints[cid] = (t if filed is None else min(filed, t), resolved)
+        else:
+            self.complaints[cid] = (filed, t if resolved is None else min(resolved, t))
+
     def _manager(self, t: int, manager: str, branch: str | None) -> None:
         if self.manager is None or (t, manager) > self.manager[:2]:
             self.manager = (t, manager, branch or (self.manager[2] if self.manager else None))
 
-    def _expire(self, newest_day: int) -> None:
-        horizon_t = (newest_day - LONGEST_WINDOW + 1) * DAY_US  # first time still kept
+    def _expire(self) -> None:
+        """Drop the records older than the window; keep the last balance among them."""
+        horizon_t = self._floor
         records = self.records
         cut = bisect.bisect_left(records, (horizon_t,))
-        if cut == 0:
-            return
-        balance_bit = 1 << _SIG_INDEX["balance"]
-        seen = self.seen
-        for rec in records[:cut]:
-            left = seen[rec[_HASH]] - 1
-            if left:
-                seen[rec[_HASH]] = left
-            else:
-                del seen[rec[_HASH]]
-            if rec[_MASK] & balance_bit:
-                key = (rec[_T], rec[_BAL])
-                if self.carry_balance is None or key > self.carry_balance:
-                    self.carry_balance = key
+        # sorted by (time, balance): the last balance record expired is the latest,
+        # and later than any expired before (records older than the window are
+        # refused, so every record expires after those already gone)
+        for j in range(cut - 1, -1, -1):
+            if records[j][_MASK] & _BALANCE_BIT:
+                self.carry_balance = records[j][_BAL]
+                break
         del records[:cut]
-        for cid, (_filed, resolved) in list(self.complaints.items()):
-            if resolved is not None and resolved < horizon_t:
-                del self.complaints[cid]
+        if self.complaints:
+            for cid, (_filed, resolved) in list(self.complaints.items()):
+                if resolved is not None and resolved < horizon_t:
+                    del self.complaints[cid]
+                    self.closed_complaints.add(cid)
 
     # ------------------------------------------------------------------ reading
     @property
@@ -332,9 +437,9 @@ class CustomerState:
     def aggregates(self, as_of: datetime | int) -> npt.NDArray[np.float64]:
         """The aggregate vector (layout :data:`AGGREGATES`) at ``as_of``."""
         as_of_us = as_of if isinstance(as_of, int) else to_us(as_of)
-        if self.max_t is not None and as_of_us < self.max_t:
+        if as_of_us < self._top:
             raise DataError(
-                f"as_of {as_of_us} is before the newest event applied ({self.max_t}) "
+                f"as_of {as_of_us} is before the newest event applied ({self._top}) "
                 f"for customer {self.customer_id}"
             )
         out = np.full(len(AGGREGATES), np.nan)
@@ -362,10 +467,6 @@ class CustomerState:
             return self._entity(agg.signal, stat)
         if stat == "segment":
             return float(self.segment[1]) if self.segment else np.nan
-        if stat == "distinct":
-            return float(
-                sum(1 for t in self.last_categories.values() if as_of_day - t // DAY_US < window)
-            )
         if window is None:
             rec = self.life.get(i)
             if stat == "count":
@@ -385,7 +486,7 @@ class CustomerState:
             before = sel & (cols["t"] < start_t)
             if before.any():
                 return float(cols["bal"][np.flatnonzero(before)[-1]])
-            return float(self.carry_balance[1]) if self.carry_balance else np.nan
+            return float(self.carry_balance) if self.carry_balance is not None else np.nan
         sel &= age < window
         if stat == "count":
             return float(sel.sum())
@@ -397,6 +498,8 @@ class CustomerState:
         if column is None:  # pragma: no cover - definitions never ask
             raise ValueError(f"{agg.key}: signal {sig.name} has no value")
         values = cols[("t", "bal", "hash", "mask", "value", "aux")[column]][sel]
+        if stat == "distinct":
+            return float(np.unique(values).size)
         if stat == "sum":
             return float(int(values.sum()))
         if stat == "sumsq":
@@ -432,48 +535,76 @@ class CustomerState:
     def to_bytes(self) -> bytes:
         """Compact, versioned serialisation: a version byte, then zlib(msgpack); no pickle.
 
-        Records are stored column by column (see :func:`_pack_records`).
+        Records are stored column by column (see :func:`_pack_records`); every other
+        time is written as the index of a record with that time, or as its distance
+        to the newest event (see :class:`_Times`).
         """
+        times = _Times([r[_T] for r in self.records])
+        life = []
+        for i in sorted(self.life):
+            rec = self.life[i]
+            life.append(i)
+            life += [times.put(rec[f]) if f in _LIFE_TIMES else rec[f] for f in _LIFE[i]]
         body = _ENCODER.encode(
             (
                 self.customer_id,
-                self.max_t,
                 len(self.records),
-                _pack_records(self.records),
-                sorted(self.life.items()),
+                *_pack_records(self.records),
+                life,
                 self.carry_balance,
-                sorted(self.products.items()),
-                sorted(self.complaints.items()),
-                sorted(self.last_categories.items()),
-                self.segment,
-                self.manager,
+                [(k, times.put(t), c, p) for k, (t, c, p) in sorted(self.products.items())],
+                [(k, times.opt(f), times.opt(r)) for k, (f, r) in sorted(self.complaints.items())],
+                None if self.segment is None else times.pair(self.segment),
+                None if self.manager is None else (times.put(self.manager[0]), *self.manager[1:]),
+                sorted(self.closed_complaints),
             )
         )
-        return bytes([STATE_VERSION]) + zlib.compress(body, 6)
+        return bytes([STATE_VERSION]) + zlib.compress(body, 9)
 
     @classmethod
     def from_bytes(cls, data: bytes) -> CustomerState:
         version = data[0] if data else None
         if version != STATE_VERSION:
+            older = (
+                "; it was written by an older engine: rebuild the state by replaying the log"
+                if isinstance(version, int) and 0 < version < STATE_VERSION
+                else ""
+            )
             raise DataError(
-                f"customer state version {version!r}; this engine reads {STATE_VERSION}"
+                f"customer state version {version!r}; this engine reads {STATE_VERSION}{older}"
             )
         try:
             fields = _DECODER.decode(zlib.decompress(data[1:]))
-        except (zlib.error, msgspec.DecodeError) as exc:
+            s = cls(fields[0])
+            s.records = _unpack_records(fields[2], fields[1], fields[3])
+            times = _Times([r[_T] for r in s.records])
+            life, j = fields[4], 0
+            while j < len(life):
+                rec = [0, 0, 0, 0, 0]
+                i, j = life[j], j + 1
+                for f in _LIFE[i]:
+                    rec[f] = times.get(life[j]) if f in _LIFE_TIMES else life[j]
+                    j += 1
+                s.life[i] = rec
+            s.carry_balance = fields[5]
+            s.products = {k: (times.get(t), c, p) for k, t, c, p in fields[6]}
+            s.complaints = {k: (times.opt_get(f), times.opt_get(r)) for k, f, r in fields[7]}
+            s.segment = None if fields[8] is None else times.unpair(fields[8])
+            if fields[9] is not None:
+                s.manager = (times.get(fields[9][0]), fields[9][1], fields[9][2])
+            s.closed_complaints = set(fields[10])
+        except (
+            zlib.error,
+            msgspec.DecodeError,
+            ValueError,
+            TypeError,
+            IndexError,
+            KeyError,
+        ) as exc:
             raise DataError(f"corrupt customer state: {exc}") from exc
-        s = cls(fields[0])
-        s.max_t = fields[1]
-        s.records = _unpack_records(fields[3], fields[2])
-        for r in s.records:
-            s.seen[r[_HASH]] = s.seen.get(r[_HASH], 0) + 1
-        s.life = {int(k): list(v) for k, v in fields[4]}
-        s.carry_balance = tuple(fields[5]) if fields[5] is not None else None
-        s.products = {k: tuple(v) for k, v in fields[6]}
-        s.complaints = {k: tuple(v) for k, v in fields[7]}
-        s.last_categories = dict(fields[8])
-        s.segment = tuple(fields[9]) if fields[9] is not None else None
-        s.manager = tuple(fields[10]) if fields[10] is not None else None
+        if s.records:
+            s._top = s.records[-1][_T]
+            s._floor = (s._top // DAY_US - LONGEST_WINDOW + 1) * DAY_US
         return s
 
     def __eq__(self, other: object) -> bool:
@@ -489,6 +620,38 @@ class CustomerState:
         return state
 
 
+class _Times:
+    """Times written small: the index of a record at that time (even numbers), else
+    the distance to the newest record (odd numbers); lossless both ways."""
+
+    __slots__ = ("newest", "times")
+
+    def __init__(self, times: list[int]) -> None:
+        self.times = times
+        self.newest = times[-1] if times else 0
+
+    def put(self, t: int) -> int:
+        j = bisect.bisect_left(self.times, t)
+        if j < len(self.times) and self.times[j] == t:
+            return 2 * j
+        return 2 * (self.newest - t) + 1
+
+    def get(self, code: int) -> int:
+        return self.times[code >> 1] if code % 2 == 0 else self.newest - (code >> 1)
+
+    def opt(self, t: int | None) -> int | None:
+        return None if t is None else self.put(t)
+
+    def opt_get(self, code: int | None) -> int | None:
+        return None if code is None else self.get(code)
+
+    def pair(self, tv: tuple[int, int]) -> tuple[int, int]:
+        return self.put(tv[0]), tv[1]
+
+    def unpair(self, tv: list[int]) -> tuple[int, int]:
+        return self.get(tv[0]), tv[1]
+
+
 def _bits(*names: str) -> int:
     return sum(1 << _SIG_INDEX[n] for n in names)
 
@@ -498,17 +661,44 @@ _IN_BITS: Final = _bits("salary", "inflow_ext", "inflow_int", "interest")
 _OUT_BITS: Final = _bits("card", "outflow_ext", "outflow_int", "cash", "fee", "loan_repayment")
 
 
-def _pack_records(records: list[Record]) -> bytes:
-    """Records as six columns, lossless and small.
+def _planes(column: npt.NDArray[np.int64], width: int) -> bytes:
+    """The low ``width`` bytes of each value, plane by plane (all first bytes, ...)."""
+    return (
+        np.ascontiguousarray(column, dtype="<i8")
+        .view(np.uint8)
+        .reshape(-1, 8)[:, :width]
+        .T.tobytes()
+    )
 
-    Times as differences; the balance as the difference from the previous balance
-    minus the signed amount (zero for a well-behaved ledger); all zigzag-encoded and
-    split into byte planes so that zlib finds the zero bytes.
+
+def _unplanes(blob: bytes, at: int, n: int, width: int) -> npt.NDArray[np.int64]:
+    planes = np.zeros((n, 8), np.uint8)
+    planes[:, :width] = np.frombuffer(blob, np.uint8, n * width, at).reshape(width, n).T
+    return planes.view("<i8").reshape(n).astype(np.int64)
+
+
+def _zigzag(x: npt.NDArray[np.int64]) -> npt.NDArray[np.int64]:
+    return (x << 1) ^ (x >> 63)
+
+
+def _unzigzag(z: npt.NDArray[np.int64]) -> npt.NDArray[np.int64]:
+    return (z >> 1) ^ -(z & 1)
+
+
+def _pack_records(records: list[Record]) -> tuple[bytes, list[int]]:
+    """Records as columns, lossless and small: (bytes, palette of signal masks).
+
+    Times as differences (from the previous record: never negative); the balance as
+    the difference from the previous balance minus the signed amount (zero for a
+    well-behaved ledger), zigzag-encoded; all split into byte planes (little-endian)
+    so that zlib finds the zero bytes. The id hashes take
+    their 4 bytes; the signal masks are codes into the table of the masks a valid
+    event can have (or, should one be missing there, into a palette of their own).
     """
     arr = np.array(records, dtype=np.int64).reshape(-1, 6)
     n = arr.shape[0]
     if n == 0:
-        return b""
+        return b"", []
     t, bal, mask, value = arr[:, _T], arr[:, _BAL], arr[:, _MASK], arr[:, _VALUE]
     money = (mask & _BALANCE_BIT) != 0
     idx = np.where(money, np.arange(n), -1)
@@ -516,26 +706,41 @@ def _pack_records(records: list[Record]) -> bytes:
     carried = np.where(last_money >= 0, bal[np.maximum(last_money, 0)], 0)
     step = np.diff(carried, prepend=0)
     sign = np.where(mask & _IN_BITS, 1, np.where(mask & _OUT_BITS, -1, 0))
-    cols = arr.T.copy()
-    cols[_T] = np.diff(t, prepend=0)
-    cols[_BAL] = np.where(money, step - sign * value, 0)
-    zigzag = (cols << 1) ^ (cols >> 63)
-    return bytes(zigzag.view(np.uint8).reshape(6, n, 8).transpose(0, 2, 1).tobytes())
+    index = np.searchsorted(_MASKS, mask)
+    if (index < _MASKS.size).all() and (_MASKS[np.minimum(index, _MASKS.size - 1)] == mask).all():
+        palette: npt.NDArray[np.int64] = np.zeros(0, np.int64)  # codes into _MASKS
+    else:
+        palette, index = np.unique(mask, return_inverse=True)
+    width = 1 if (palette.size or _MASKS.size) <= 256 else 2
+    parts = (
+        _planes(np.diff(t, prepend=0), 8),
+        _planes(_zigzag(np.where(money, step - sign * value, 0)), 8),
+        _planes(arr[:, _HASH], 4),
+        _planes(value, 8),
+        _planes(arr[:, _AUX], 8),
+        _planes(index.astype(np.int64), width),
+    )
+    return b"".join(parts), palette.tolist()
 
 
-def _unpack_records(blob: bytes, n: int) -> list[Record]:
+def _unpack_records(blob: bytes, n: int, palette: list[int]) -> list[Record]:
     if n == 0:
         return []
-    planes = np.frombuffer(blob, dtype=np.uint8).reshape(6, 8, n).transpose(0, 2, 1).copy()
-    zigzag = planes.view(np.int64).reshape(6, n)
-    cols = (zigzag >> 1) ^ -(zigzag & 1)
-    mask, value = cols[_MASK], cols[_VALUE]
+    table = np.asarray(palette, np.int64) if palette else _MASKS
+    width = 1 if table.size <= 256 else 2
+    if len(blob) != n * (36 + width):
+        raise ValueError(f"{len(blob)} bytes of records for {n} records")
+    cols = np.empty((6, n), np.int64)
+    cols[_T] = np.cumsum(_unplanes(blob, 0, n, 8))
+    residual = _unzigzag(_unplanes(blob, 8 * n, n, 8))
+    cols[_HASH] = _unplanes(blob, 16 * n, n, 4)
+    cols[_VALUE] = value = _unplanes(blob, 20 * n, n, 8)
+    cols[_AUX] = _unplanes(blob, 28 * n, n, 8)
+    cols[_MASK] = mask = table[_unplanes(blob, 36 * n, n, width)]
     money = (mask & _BALANCE_BIT) != 0
     sign = np.where(mask & _IN_BITS, 1, np.where(mask & _OUT_BITS, -1, 0))
-    carried = np.cumsum(np.where(money, cols[_BAL] + sign * value, 0))
-    cols[_T] = np.cumsum(cols[_T])
-    cols[_BAL] = np.where(money, carried, 0)
-    return [tuple(r) for r in cols.T.tolist()]
+    cols[_BAL] = np.where(money, np.cumsum(np.where(money, residual + sign * value, 0)), 0)
+    return cast("list[Record]", [tuple(r) for r in cols.T.tolist()])
 
 
 _ENCODER: Final = msgspec.msgpack.Encoder()
