@@ -190,7 +190,7 @@ def _summary(
     print("\n== Summary ==")
     print(
         f"records consumed {c.get('consumed', 0):,}: applied {c.get('applied', 0):,}, "
-        f"duplicates {c.get('duplicate', 0):,}, too late {c.get('too_late', 0):,}, "
+        f"duplicates {c.get('duplicate', 0):,}, "
         f"dead-lettered {sum(stats['dead_lettered'].values()):,}; final lag {lag}"
     )
     print(

@@ -16,7 +16,8 @@ folded but not scored: bootstrapping state from history raises no stale alerts.
 
 Offsets are acknowledged only after the batch is processed, so a crash replays
 at most the unfinished batch, which the idempotent fold absorbs. Every record is
-counted: consumed = applied + duplicates + too late + dead-lettered.
+counted: consumed = applied + duplicates + dead-lettered (malformed, wrong key, or
+older than the longest window: ``too_late``).
 """
 
 from __future__ import annotations
@@ -225,7 +226,13 @@ def build_app(cfg: WorkerConfig, policy: AlertPolicy | None = None) -> tuple[Any
             state = touched.get(key)
             if state is None:
                 state = runtime.state_for(key, table.get(key), event.customer_id)
-            counts[state.apply(event)] += 1
+            outcome = state.apply(event)
+            if outcome == "too_late":  # older than the longest window: cannot count any more
+                dead["too_late"] += 1
+                detail = f"event {event.event_id} is older than the longest window"
+                await dlq.send(key=key, value=dead_letter("too_late", detail, raw, msg))
+                continue
+            counts[outcome] += 1
             touched[key] = state
             source[key] = ev
             if _headers(msg).get(BACKFILL_HEADER) != b"1":
