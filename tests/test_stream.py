@@ -215,13 +215,16 @@ def test_a_killed_worker_restarts_without_losing_or_double_counting(
     broker: Broker, stream_log: Path, champion_dir: Path
 ) -> None:
     worker = start_worker(broker, champion_dir, "crash")
-    sent = send(broker, stream_log, None, None, backfill=True)
-    deadline = time.monotonic() + 300
-    while int(worker.stats()["counts"].get("consumed", 0)) < sent // 3:  # type: ignore[union-attr]
-        assert time.monotonic() < deadline
-        time.sleep(0.3)
-    os.killpg(worker.proc.pid, signal.SIGKILL)
-    worker.proc.wait()
+    try:
+        sent = send(broker, stream_log, None, None, backfill=True)
+        deadline = time.monotonic() + 300
+        while int(worker.stats()["counts"].get("consumed", 0)) < sent // 3:  # type: ignore[union-attr]
+            assert time.monotonic() < deadline
+            time.sleep(0.3)
+        os.killpg(worker.proc.pid, signal.SIGKILL)
+        worker.proc.wait()
+    finally:
+        stop(worker.proc)
     again = start_worker(broker, champion_dir, "crash-restarted")
     try:
         wait_caught_up(broker)
