@@ -9,7 +9,7 @@ DATA ?= data
 DEMO_CUSTOMERS ?= 20000
 DEMO_MONTHS ?= 24
 
-.PHONY: install demo test lint bench schema clean
+.PHONY: install demo test lint bench bench-stream bench-training schema clean
 
 install: $(STAMP)
 
@@ -33,6 +33,13 @@ lint: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) -m bench.run --out BENCHMARKS.md
+
+# sections appended to BENCHMARKS.md by hand from these (they print Markdown)
+bench-stream: $(STAMP)
+	$(PY) -m bench.stream --customers 600 --runs 3
+
+bench-training: $(STAMP)
+	$(PY) -m bench.training $(TRAIN_SET)
 
 schema: $(STAMP)
 	$(VENV)/bin/churn schema --out docs/events.schema.json
