@@ -239,10 +239,15 @@ def build_app(cfg: WorkerConfig, policy: AlertPolicy | None = None) -> tuple[Any
                 to_score[key] = state
         for key, state in touched.items():
             blob = state.to_bytes()
-            # in its event's context: faust puts a table write on the partition of
-            # the current event, and in a batch that must be this key's event
-            _current_event.set(weakref.ref(source[key]))
-            table[key] = blob
+            # in its event's context: the store and the changelog partition are the
+            # partition of this key's event (not of the batch's last event)
+            event = source[key]
+            _current_event.set(weakref.ref(event))
+            # the store directly, and the changelog record awaited here: a table's
+            # sync ``__setitem__`` queues the record in faust's producer buffer, which
+            # a whole batch of writes overfills (and which stalled after a restart)
+            table.data[key] = blob
+            await table.changelog_topic.send(key=key, value=blob, partition=event.message.partition)
             runtime.cache[key] = (blob, state)
         async with runtime.model_lock:
             model = runtime.model

@@ -90,7 +90,7 @@ def start_worker(broker: Broker, data_dir: Path, name: str, poll: float = 30.0) 
     raise RuntimeError(f"worker did not start:\n{log.read_text()[-3000:]}")
 
 
-def wait_caught_up(broker: Broker, timeout: float = 400) -> None:
+def wait_caught_up(broker: Broker, timeout: float = 900) -> None:
     bootstrap = broker.url.removeprefix("kafka://")
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
