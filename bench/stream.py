@@ -61,6 +61,19 @@ def _worker(cmd: list[str], env: dict[str, str], log: Path) -> subprocess.Popen[
         )
 
 
+def _pipeline_worker(broker: Broker, work: Path, name: str) -> tuple[subprocess.Popen[bytes], int]:
+    """A `churn worker` whose model store is the embedded one under ``work``."""
+    web = _free_port()
+    env = {
+        **os.environ,
+        "CHURN_KAFKA_URL": broker.url,
+        "CHURN_WEB_PORT": str(web),
+        "CHURN_DATA_DIR": str(work),
+    }
+    cmd = [sys.executable, "-m", "churn", "worker", "--data-dir", str(work)]
+    return _worker(cmd, env, work / f"{name}.log"), web
+
+
 def _rss_mb(pid: int) -> float:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("VmRSS"):
@@ -105,19 +118,7 @@ def main() -> int:
                 noops.append(_consume_rate(bootstrap, "noop-bench", total))
             finally:
                 stop_group(noop)
-            web = _free_port()
-            env = {
-                **os.environ,
-                "CHURN_KAFKA_URL": broker.url,
-                "CHURN_WEB_PORT": str(web),
-                "CHURN_DATA_DIR": str(work),
-            }
-            pipe = _worker(
-                [sys.executable, "-m", "churn", "worker", "--data-dir", str(work)],
-                env,
-                work / f"worker{run}.log",
-            )
-            # the worker's store is the embedded one under CHURN_DATA_DIR/--data-dir
+            pipe, _ = _pipeline_worker(broker, work, f"worker{run}")
             try:
                 pipes.append(_consume_rate(bootstrap, "churn-engine", total))
                 rss.append(_rss_mb(pipe.pid))
@@ -132,18 +133,7 @@ def main() -> int:
     rate = statistics.median(pipes) / 2
     with Broker(_free_port(), log=work / "broker-lat.log") as broker:
         bootstrap = broker.url.removeprefix("kafka://")
-        web = _free_port()
-        env = {
-            **os.environ,
-            "CHURN_KAFKA_URL": broker.url,
-            "CHURN_WEB_PORT": str(web),
-            "CHURN_DATA_DIR": str(work),
-        }
-        pipe = _worker(
-            [sys.executable, "-m", "churn", "worker", "--data-dir", str(work)],
-            env,
-            work / "worker-lat.log",
-        )
+        pipe, web = _pipeline_worker(broker, work, "worker-lat")
         try:
             deadline = time.monotonic() + 180
             while time.monotonic() < deadline:
@@ -189,8 +179,6 @@ def main() -> int:
 
 def _latencies(bootstrap: str) -> list[float]:
     """ms from an event's produce time to the emission of the score at its time."""
-    from aiokafka import AIOKafkaConsumer  # noqa: F401 - read_topic uses it
-
     sent: dict[tuple[str, int], float] = {}
     for _, value, ts in _records(bootstrap, "bank.events"):
         try:

@@ -561,28 +561,25 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         settings = Settings.from_environ(os.environ)
         configure_logging(settings.log_level)
-        if args.command == "simulate":
-            return _cmd_simulate(args)
-        if args.command == "schema":
-            return _cmd_schema(args)
-        if args.command == "validate":
-            return _cmd_validate(args)
-        if args.command == "features":
-            return _cmd_features(args)
-        if args.command == "train":
-            return _cmd_train(args, settings)
-        if args.command == "promote":
-            return _cmd_promote(args, settings)
-        if args.command == "models":
-            return _cmd_models(args, settings)
-        if args.command == "broker":
-            return _cmd_broker(args, settings)
-        if args.command == "worker":
-            return _cmd_worker(args, settings)
-        if args.command == "replay":
-            return _cmd_replay(args, settings)
-        if args.command == "demo":
-            return _cmd_demo(args, settings)
+        plain = {
+            "simulate": _cmd_simulate,
+            "schema": _cmd_schema,
+            "validate": _cmd_validate,
+            "features": _cmd_features,
+        }
+        if args.command in plain:
+            return plain[args.command](args)
+        with_settings = {
+            "train": _cmd_train,
+            "promote": _cmd_promote,
+            "models": _cmd_models,
+            "broker": _cmd_broker,
+            "worker": _cmd_worker,
+            "replay": _cmd_replay,
+            "demo": _cmd_demo,
+        }
+        if args.command in with_settings:
+            return with_settings[args.command](args, settings)
     except ChurnEngineError as exc:
         print(f"churn {args.command}: {exc}", file=sys.stderr)
         return 2

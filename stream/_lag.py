@@ -14,14 +14,12 @@ async def _true_ends(consumer: Any, tps: list[Any]) -> dict[Any, int]:
     with the base offset of the last batch, not the high watermark, so we read from
     there to the end."""
     reported = await consumer.end_offsets(tps) if tps else {}
-    ends = {}
     consumer.assign(tps)
     for tp in tps:
         consumer.seek(tp, reported[tp])
-    pending = set(tps)
     ends = dict(reported)
-    while pending:
-        batch = await consumer.getmany(*pending, timeout_ms=1000)
+    while True:
+        batch = await consumer.getmany(*tps, timeout_ms=1000)
         if not batch:
             break
         for tp, records in batch.items():

@@ -79,6 +79,7 @@ class Runtime:
     cache: dict[bytes, tuple[bytes, CustomerState]] = field(default_factory=dict)
     started: float = field(default_factory=time.monotonic)
     reloads: int = 0
+    warned_no_model: bool = False
     reload_failures: int = 0
     model_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     refresh_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
@@ -123,13 +124,13 @@ class Runtime:
             return
         current = self.model.version if self.model else None
         if version is None:
-            if current is None and not self.counts["no_model_warned"]:
+            if current is None and not self.warned_no_model:
                 logger.warning(
                     "no %s@%s yet: folding state, emitting no scores",
                     cfg.model_name,
                     cfg.model_alias,
                 )
-                self.counts["no_model_warned"] = 1
+                self.warned_no_model = True
             return
         if version == current:
             return

@@ -11,7 +11,7 @@ import logging
 import math
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any, Literal
@@ -333,9 +333,7 @@ def train_models(
     reference = reference_distributions(
         columns, [*FEATURE_NAMES, "churn_probability", "predicted_value_minor"]
     )
-    bundle = ModelBundle(
-        churn_model, value_model, calibrator, FEATURE_NAMES, bundle.fingerprint, meta, reference
-    )
+    bundle = replace(bundle, reference=reference)
     params: dict[str, Any] = {
         **labels.params(),
         **split.describe(),
