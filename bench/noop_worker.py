@@ -1,6 +1,6 @@
 """A no-op faust worker on ``bank.events``: the ceiling the pipeline is compared with.
 
-Same broker, same topic, same micro-batching (``take_events(500, within=0.5)``);
+Same broker, same topic, same micro-batching (``take_events(500, within=0.1)``);
 it decodes nothing and writes nothing. Run: ``python -m bench.noop_worker BROKER_URL``.
 """
 
@@ -29,7 +29,7 @@ def main() -> None:
 
     @app.agent(topic)
     async def noop(stream):  # type: ignore[no-untyped-def]
-        async for _batch in stream.take_events(500, within=0.5):
+        async for _batch in stream.take_events(500, within=0.1):
             pass
 
     Worker(app, loglevel="warn", redirect_stdouts=False).execute_from_commandline()

@@ -504,6 +504,8 @@ def worker_config(settings: Settings, data_dir: Path, web_port: int | None = Non
         tracking_uri=Store.resolve(data_dir).tracking_uri,
         model_poll_seconds=settings.model_poll_seconds,
         alert_threshold=settings.alert_threshold,
+        batch_size=settings.batch_size,
+        batch_within=settings.batch_within,
         web_port=web_port or settings.web_port,
         data_dir=str(data_dir / "worker"),
     )

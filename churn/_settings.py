@@ -30,6 +30,10 @@ class Settings(BaseSettings):
     model_poll_seconds: float = Field(30.0, gt=0, description="how often the champion is checked")
     alert_threshold: float = Field(0.3, ge=0, le=1, description="churn probability that alerts")
     web_port: int = Field(6066, ge=1, le=65535, description="worker web port (/stats/)")
+    batch_size: int = Field(500, ge=1, le=100_000, description="most events in one micro-batch")
+    batch_within: float = Field(
+        0.1, gt=0, le=60, description="seconds a micro-batch waits to fill (latency bound)"
+    )
 
     @classmethod
     def from_environ(cls, environ: Mapping[str, str]) -> Settings:

@@ -559,7 +559,7 @@ class CustomerState:
                 sorted(self.closed_complaints),
             )
         )
-        return bytes([STATE_VERSION]) + zlib.compress(body, 9)
+        return bytes([STATE_VERSION]) + zlib.compress(body, 1)  # 9 saves 1.5% for 4x the time
 
     @classmethod
     def from_bytes(cls, data: bytes) -> CustomerState:
@@ -695,7 +695,8 @@ def _pack_records(records: list[Record]) -> tuple[bytes, list[int]]:
     their 4 bytes; the signal masks are codes into the table of the masks a valid
     event can have (or, should one be missing there, into a palette of their own).
     """
-    arr = np.array(records, dtype=np.int64).reshape(-1, 6)
+    arr = np.fromiter(itertools.chain.from_iterable(records), np.int64, 6 * len(records))
+    arr = arr.reshape(-1, 6)
     n = arr.shape[0]
     if n == 0:
         return b"", []
@@ -745,3 +746,116 @@ def _unpack_records(blob: bytes, n: int, palette: list[int]) -> list[Record]:
 
 _ENCODER: Final = msgspec.msgpack.Encoder()
 _DECODER: Final = msgspec.msgpack.Decoder()
+
+
+# ---------------------------------------------------------------- many states at once
+_EXACT_FLOAT: Final = 2**53  # sums below this are exact in float64
+
+
+def _distinct_per_group(g: npt.NDArray[np.int64], v: npt.NDArray[np.int64], n: int) -> Any:
+    """How many distinct ``v`` each group ``g`` has."""
+    if g.size == 0:
+        return np.zeros(n)
+    order = np.lexsort((v, g))
+    gs, vs = g[order], v[order]
+    first = np.ones(gs.size, bool)
+    first[1:] = (gs[1:] != gs[:-1]) | (vs[1:] != vs[:-1])
+    return np.bincount(gs[first], minlength=n).astype(np.float64)
+
+
+def aggregates_many(states: list[CustomerState], as_of_us: list[int]) -> npt.NDArray[np.float64]:
+    """The aggregate vectors of many states (row i: ``states[i]`` at ``as_of_us[i]``).
+
+    Equal to ``np.vstack([s.aggregates(t) for s, t in zip(states, as_of_us)])``, by
+    test; the windowed aggregates are computed for all states together (grouped
+    numpy reductions over their concatenated records) instead of one state at a
+    time, which is what a micro-batch of the live scorer needs. Where a float sum
+    could lose exactness (beyond 2**53), that aggregate falls back to the exact
+    per-state computation.
+    """
+    n = len(states)
+    out = np.full((n, len(AGGREGATES)), np.nan)
+    if n == 0:
+        return out
+    for s, t in zip(states, as_of_us, strict=True):
+        if t < s._top:
+            raise DataError(
+                f"as_of {t} is before the newest event applied ({s._top}) "
+                f"for customer {s.customer_id}"
+            )
+    lengths = np.fromiter((len(s.records) for s in states), np.int64, n)
+    flat = itertools.chain.from_iterable(itertools.chain.from_iterable(s.records for s in states))
+    rows = np.fromiter(flat, np.int64, int(lengths.sum()) * 6).reshape(-1, 6)
+    g = np.repeat(np.arange(n, dtype=np.int64), lengths)
+    t_col, bal, mask = rows[:, _T], rows[:, _BAL], rows[:, _MASK]
+    day = t_col // DAY_US
+    as_of = np.asarray(as_of_us, np.int64)
+    as_of_day = as_of // DAY_US
+    age = as_of_day[g] - day
+    columns = (t_col, bal, rows[:, _HASH], mask, rows[:, _VALUE], rows[:, _AUX])
+    carry = np.array(
+        [np.nan if s.carry_balance is None else float(s.carry_balance) for s in states]
+    )
+    index = np.arange(g.size, dtype=np.int64)
+    sig_rows: dict[int, npt.NDArray[np.bool_]] = {}
+    for k, agg in enumerate(AGGREGATES):
+        window = getattr(agg, "window", None)
+        stat = getattr(agg, "stat", None)
+        if agg is AS_OF or agg.key == AS_OF.key:
+            out[:, k] = as_of.astype(np.float64)
+            continue
+        if (
+            window is None
+            or stat in ("segment", "open", "open_types", "oldest_open_us")
+            or (stat is not None and stat.startswith("open_"))
+        ):
+            for r, (s, t) in enumerate(zip(states, as_of_us, strict=True)):
+                out[r, k] = s._one(agg, _NO_COLUMNS, _NO_AGE, t, t // DAY_US)
+            continue
+        i = _SIG_INDEX[agg.signal]
+        of_signal = sig_rows.get(i)
+        if of_signal is None:
+            of_signal = sig_rows[i] = ((mask >> i) & 1).astype(bool)
+        if stat == "at_start":
+            start_t = (as_of_day - window + 1) * DAY_US
+            before = of_signal & (t_col < start_t[g])
+            last = np.full(n, -1, np.int64)
+            np.maximum.at(last, g[before], index[before])
+            out[:, k] = np.where(last >= 0, bal[np.maximum(last, 0)].astype(np.float64), carry)
+            continue
+        sel = of_signal & (age < window)
+        gs = g[sel]
+        if stat == "count":
+            out[:, k] = np.bincount(gs, minlength=n)
+            continue
+        if stat == "days":
+            out[:, k] = _distinct_per_group(gs, day[sel], n)
+            continue
+        if stat == "months":
+            out[:, k] = _distinct_per_group(gs, age[sel] // MONTH_DAYS, n)
+            continue
+        values = columns[_VALUE_COLUMN[SIGNALS[i].value]][sel]  # type: ignore[index]
+        if stat == "distinct":
+            out[:, k] = _distinct_per_group(gs, values, n)
+        elif stat in ("sum", "sumsq"):
+            fv = values.astype(np.float64)
+            if stat == "sumsq":
+                fv = fv * fv
+            if np.abs(fv).sum() < _EXACT_FLOAT:
+                out[:, k] = np.bincount(gs, weights=fv, minlength=n)
+            else:  # too large to sum exactly in floats: the exact per-state way
+                for r, (s, t) in enumerate(zip(states, as_of_us, strict=True)):
+                    cols = s._columns()
+                    out[r, k] = s._one(agg, cols, t // DAY_US - cols["day"], t, t // DAY_US)
+        elif stat in ("min", "max"):
+            fill = np.inf if stat == "min" else -np.inf
+            acc = np.full(n, fill)
+            (np.minimum if stat == "min" else np.maximum).at(acc, gs, values.astype(np.float64))
+            out[:, k] = np.where(np.isinf(acc), np.nan, acc)
+        else:  # pragma: no cover - definitions never ask
+            raise ValueError(f"unsupported aggregate {agg.key}")
+    return out
+
+
+_NO_COLUMNS: Final[dict[str, npt.NDArray[np.int64]]] = {}
+_NO_AGE: Final = np.zeros(0, np.int64)

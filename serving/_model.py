@@ -18,6 +18,7 @@ import numpy as np
 import numpy.typing as npt
 
 from features import AGGREGATES, CustomerState, feature_fingerprint, finalize
+from features._state import aggregates_many
 from features.errors import ModelNotFoundError
 from serving._scores import Score, lifecycle_stage, loyalty_score, value_tier
 
@@ -87,7 +88,7 @@ def load_live_model(tracking_uri: str, model_name: str, version: str) -> LiveMod
 
 def feature_matrix(states: Sequence[CustomerState]) -> dict[str, Array]:
     """Features of each state at its newest event time (one row per state)."""
-    aggs = np.vstack([s.aggregates(s.max_t or 0) for s in states])
+    aggs = aggregates_many(list(states), [s.max_t or 0 for s in states])
     return finalize({a.key: aggs[:, j] for j, a in enumerate(AGGREGATES)})
 
 

@@ -27,7 +27,7 @@ import base64
 import logging
 import time
 import weakref
-from collections import Counter
+from collections import Counter, OrderedDict
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -61,7 +61,8 @@ class WorkerConfig:
     model_alias: str = "champion"
     model_poll_seconds: float = 30.0
     batch_size: int = 500
-    batch_within: float = 0.5
+    batch_within: float = 0.1
+    cache_size: int = 20_000  # decoded customer states kept in memory
     alert_threshold: float = 0.5
     web_port: int = 6066
     data_dir: str = "data/worker"
@@ -76,7 +77,9 @@ class Runtime:
     model: LiveModel | None = None
     counts: Counter[str] = field(default_factory=Counter)
     dead: Counter[str] = field(default_factory=Counter)
-    cache: dict[bytes, tuple[bytes, CustomerState]] = field(default_factory=dict)
+    # decoded states of recently seen customers (least recently used dropped first):
+    # saves decoding a state for a customer seen again soon; bounded by ``cache_size``
+    cache: OrderedDict[bytes, tuple[bytes, CustomerState]] = field(default_factory=OrderedDict)
     started: float = field(default_factory=time.monotonic)
     reloads: int = 0
     warned_no_model: bool = False
@@ -102,6 +105,13 @@ class Runtime:
         if hit is not None and hit[0] is stored:
             return hit[1]
         return CustomerState.from_bytes(stored)
+
+    def remember(self, key: bytes, blob: bytes, state: CustomerState) -> None:
+        cache = self.cache
+        cache[key] = (blob, state)
+        cache.move_to_end(key)
+        while len(cache) > self.config.cache_size:
+            cache.popitem(last=False)
 
     async def refresh_model(self) -> None:
         """Load the champion if the alias moved (in a thread: the loop keeps going)."""
@@ -168,6 +178,33 @@ def dead_letter(reason: str, detail: str, raw: bytes, message: Any) -> bytes:
             "key": (message.key or b"").decode("utf-8", "replace"),
         }
     )
+
+
+def consumer_state(app: Any, topic: str) -> dict[str, Any]:
+    """What faust's consumer believes about each source partition (for diagnosis):
+    committed and read offsets, acknowledged offsets waiting for a commit, gaps,
+    and whether the partition is being fetched; plus each agent's current stack."""
+    consumer = app.consumer
+    assigned = sorted((tp for tp in consumer.assignment() if tp.topic == topic), key=lambda t: t[1])
+    active = consumer._active_partitions or set()
+    out: dict[str, Any] = {"partitions": {}, "flow_active": consumer.flow_active}
+    for tp in assigned:
+        acked = consumer._acked.get(tp) or []
+        gap = consumer._gap.get(tp)
+        out["partitions"][str(tp.partition)] = {
+            "committed": consumer._committed_offset.get(tp),
+            "read": consumer._read_offset.get(tp),
+            "acked_waiting": len(acked),
+            "acked_min": min(acked) if acked else None,
+            "acked_max": max(acked) if acked else None,
+            "gaps": sorted((i.begin, i.end) for i in gap)[:10] if gap else [],
+            "fetching": tp in active,
+            "paused": tp in consumer._paused_partitions,
+            "buffered": tp in consumer._buffered_partitions,
+        }
+    out["unacked"] = len(consumer._unacked_messages)
+    out["agents"] = app.agents.human_tracebacks()
+    return out
 
 
 def build_app(cfg: WorkerConfig, policy: AlertPolicy | None = None) -> tuple[Any, Runtime]:
@@ -249,7 +286,7 @@ def build_app(cfg: WorkerConfig, policy: AlertPolicy | None = None) -> tuple[Any
             # a whole batch of writes overfills (and which stalled after a restart)
             table.data[key] = blob
             await table.changelog_topic.send(key=key, value=blob, partition=event.message.partition)
-            runtime.cache[key] = (blob, state)
+            runtime.remember(key, blob, state)
         async with runtime.model_lock:
             model = runtime.model
             if model is None or not to_score:
@@ -283,6 +320,10 @@ def build_app(cfg: WorkerConfig, policy: AlertPolicy | None = None) -> tuple[Any
     @app.page("/stats/")
     async def stats(web: Any, request: Any) -> Any:
         return web.json(runtime.stats())
+
+    @app.page("/debug/consumer/")
+    async def consumer_debug(web: Any, request: Any) -> Any:
+        return web.json(consumer_state(app, cfg.events_topic))
 
     return app, runtime
 

@@ -31,6 +31,7 @@ from features import (
     to_us,
 )
 from features._parity import replay_snapshots
+from features._state import aggregates_many
 from features.events import EVENT_TYPES, Event, events_to_frame
 from simulator import SimConfig, write_parquet
 
@@ -146,6 +147,47 @@ def test_serialisation_round_trips(history: list[tuple[Event, datetime]]) -> Non
             extra = mine[0][0] if mine else None
             if extra is not None:
                 assert copy.apply(extra) == state.apply(extra)
+
+
+def _identical(a: np.ndarray, b: np.ndarray) -> bool:
+    return bool(((np.isnan(a) & np.isnan(b)) | (a == b)).all())
+
+
+@settings(max_examples=60, deadline=None)
+@given(histories(), st.lists(st.integers(0, 400 * 86_400_000_000), min_size=2, max_size=2))
+def test_many_states_at_once_equal_one_at_a_time(
+    history: list[tuple[Event, datetime]], later: list[int]
+) -> None:
+    states = []
+    for cid in ("C1", "C2"):
+        mine = sorted((h for h in history if h[0].customer_id == cid), key=lambda x: x[1])
+        states.append(CustomerState.fold(cid, (e for e, _ in mine)))
+    states.append(CustomerState("C3"))  # never saw an event
+    as_of = [(s.max_t or to_us(BASE)) + d for s, d in zip(states, [*later, 0], strict=True)]
+    many = aggregates_many(states, as_of)
+    for row, state, t in zip(many, states, as_of, strict=True):
+        assert _identical(row, state.aggregates(t))
+
+
+def test_many_states_keep_exact_sums_of_huge_amounts() -> None:
+    big = 2**52  # two of these overflow float64's exact integers
+    state = CustomerState("C1")
+    for i in range(3):
+        state.apply(
+            EVENT_TYPES["card_payment"](
+                event_id=f"E{i}",
+                customer_id="C1",
+                occurred_at=BASE + timedelta(days=i),
+                amount_minor=big + i,
+                balance_minor=big - i,
+                currency="CNY",
+                merchant_category="groceries",
+                channel="pos",
+            )
+        )
+    t = state.max_t
+    assert t is not None
+    assert _identical(aggregates_many([state], [t])[0], state.aggregates(t))
 
 
 def _zone(name: str) -> tzinfo:

@@ -90,15 +90,31 @@ def start_worker(broker: Broker, data_dir: Path, name: str, poll: float = 30.0) 
     raise RuntimeError(f"worker did not start:\n{log.read_text()[-3000:]}")
 
 
-def wait_caught_up(broker: Broker, timeout: float = 900) -> None:
+def wait_caught_up(broker: Broker, *workers: Worker, stalled_after: float = 240) -> None:
+    """Until the group's committed offsets reach the end of every partition.
+
+    Fails when the lag has not gone down for ``stalled_after`` seconds (a stuck
+    worker, not a slow one), with each worker's view of its partitions."""
     bootstrap = broker.url.removeprefix("kafka://")
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
+    best, since = None, time.monotonic()
+    while True:
         lag = consumer_lag(bootstrap, "churn-engine", "bank.events")
-        if lag and sum(lag.values()) == 0:
+        total = sum(lag.values()) if lag else None
+        if total == 0:
             return
+        if total is not None and (best is None or total < best):
+            best, since = total, time.monotonic()
+        if time.monotonic() - since > stalled_after:
+            break
         time.sleep(2)
-    raise AssertionError(f"the worker did not catch up: lag {lag}")
+    views = []
+    for w in workers:
+        if w.proc.poll() is None:
+            url = f"http://127.0.0.1:{w.web_port}/debug/consumer/"
+            with urllib.request.urlopen(url, timeout=5) as resp:
+                views.append(resp.read().decode())
+        views.append(w.log.read_text()[-4000:])
+    raise AssertionError(f"the lag stopped going down at {lag}\n" + "\n".join(views))
 
 
 def send(
@@ -151,7 +167,7 @@ def test_live_scores_equal_batch_scores_and_dirty_input_is_accounted(
     try:
         sent = send(broker, stream_log, None, CUT, backfill=True)
         sent += send(broker, stream_log, CUT, None)
-        wait_caught_up(broker)
+        wait_caught_up(broker, worker)
         stats = worker.stats()
     finally:
         stop(worker.proc)
@@ -227,7 +243,7 @@ def test_a_killed_worker_restarts_without_losing_or_double_counting(
         stop(worker.proc)
     again = start_worker(broker, champion_dir, "crash-restarted")
     try:
-        wait_caught_up(broker)
+        wait_caught_up(broker, again)
         stats = again.stats()
     finally:
         stop(again.proc)
@@ -255,7 +271,7 @@ def test_two_workers_share_partitions_and_the_survivor_takes_over(
             time.sleep(0.5)
         os.killpg(b.proc.pid, signal.SIGKILL)
         b.proc.wait()
-        wait_caught_up(broker)
+        wait_caught_up(broker, a)
         assert int(a.stats()["counts"]["consumed"]) < sent + 1  # type: ignore[index]
     finally:
         stop(a.proc)
@@ -306,7 +322,7 @@ def test_a_promoted_model_is_picked_up_while_events_flow(
         assert promote(store, tolerance=1.0, who="test", now=NOW).promoted
         promoted_at = time.monotonic()
         feeder.join()
-        wait_caught_up(broker)
+        wait_caught_up(broker, worker)
         stats = worker.stats()
     finally:
         stop(worker.proc)
