@@ -24,7 +24,7 @@ from bench.run import _machine
 from features import build_training_set, scan_log
 from features.events import decode
 from simulator import SimConfig, write_parquet
-from stream import Broker, consumer_lag, load_replay, replay, stop_group
+from stream import Broker, WorkerConfig, consumer_lag, load_replay, replay, stop_group
 from training import Store, TrainConfig, promote, register, train_models
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -62,16 +62,54 @@ def _worker(cmd: list[str], env: dict[str, str], log: Path) -> subprocess.Popen[
 
 
 def _pipeline_worker(broker: Broker, work: Path, name: str) -> tuple[subprocess.Popen[bytes], int]:
-    """A `churn worker` whose model store is the embedded one under ``work``."""
+    """A `churn worker` whose model store is the embedded one under ``work``; its own
+    faust data directory (``work/<name>``) so that several can run side by side."""
     web = _free_port()
+    own = work / name
+    own.mkdir(exist_ok=True)
+    if not (own / "mlflow").exists():
+        (own / "mlflow").symlink_to(work / "mlflow")
     env = {
         **os.environ,
         "CHURN_KAFKA_URL": broker.url,
         "CHURN_WEB_PORT": str(web),
-        "CHURN_DATA_DIR": str(work),
+        "CHURN_DATA_DIR": str(own),
     }
-    cmd = [sys.executable, "-m", "churn", "worker", "--data-dir", str(work)]
+    cmd = [sys.executable, "-m", "churn", "worker", "--data-dir", str(own)]
     return _worker(cmd, env, work / f"{name}.log"), web
+
+
+def _wait_model(web: int, timeout: float = 180) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{web}/stats/", timeout=2) as r:
+                if json.loads(r.read())["model_version"]:
+                    return
+        except OSError:
+            pass
+        time.sleep(1)
+    raise RuntimeError("the worker did not load the champion")
+
+
+def _memory_per_100k(work: Path, customers: int) -> tuple[float, float, float]:
+    """Worker RSS growth per 100k customers: fold the history of ``customers``
+    customers (6 months: the longest window; backfill: state only) and compare RSS before and after."""
+    log = work / "memory.parquet"
+    write_parquet(SimConfig(customers=customers, months=6, seed=9), log, workers=1)
+    frame = load_replay(log)
+    with Broker(_free_port(), log=work / "broker-mem.log") as broker:
+        bootstrap = broker.url.removeprefix("kafka://")
+        pipe, web = _pipeline_worker(broker, work, "worker-mem")
+        try:
+            _wait_model(web)
+            before = _rss_mb(pipe.pid)
+            replay(bootstrap, "bank.events", frame, backfill=True)
+            _consume_rate(bootstrap, "churn-engine", frame.height)
+            after = _rss_mb(pipe.pid)
+        finally:
+            stop_group(pipe)
+    return before, after, (after - before) / customers * 100_000
 
 
 def _rss_mb(pid: int) -> float:
@@ -85,6 +123,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--customers", type=int, default=600)
     parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--memory-customers", type=int, default=5_000)
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="bench-stream-"))
     # a champion model, trained quickly
@@ -104,7 +143,7 @@ def main() -> int:
     write_parquet(SimConfig(customers=args.customers, months=12, seed=5), log, workers=1)
     frame = load_replay(log)
     total = frame.height
-    ratios, pipes, noops, rss = [], [], [], []
+    ratios, pipes, noops, rss, twos = [], [], [], [], []  # type: ignore[var-annotated]
     for run in range(args.runs):
         with Broker(_free_port(), log=work / f"broker{run}.log") as broker:
             bootstrap = broker.url.removeprefix("kafka://")
@@ -124,26 +163,34 @@ def main() -> int:
                 rss.append(_rss_mb(pipe.pid))
             finally:
                 stop_group(pipe)
+        with Broker(_free_port(), log=work / f"broker-two{run}.log") as broker:
+            # two workers on the same 8 partitions: started (and balanced) before the
+            # records arrive, so that the rate is of two workers, not of a rebalance
+            bootstrap = broker.url.removeprefix("kafka://")
+            both = [_pipeline_worker(broker, work, f"two{run}-{i}") for i in (1, 2)]
+            try:
+                for _, web in both:
+                    _wait_model(web)
+                time.sleep(35)  # the broker waits for late joiners before it assigns
+                replay(bootstrap, "bank.events", frame)
+                twos.append(_consume_rate(bootstrap, "churn-engine", total))
+            finally:
+                for proc, _ in both:
+                    stop_group(proc)
         ratios.append(pipes[-1] / noops[-1])
         print(
-            f"run {run + 1}: pipeline {pipes[-1]:,.0f}/s, no-op {noops[-1]:,.0f}/s, ratio {ratios[-1]:.3f}",
+            f"run {run + 1}: pipeline {pipes[-1]:,.0f}/s, no-op {noops[-1]:,.0f}/s, "
+            f"ratio {ratios[-1]:.3f}; two workers {twos[-1]:,.0f}/s",
             file=sys.stderr,
         )
+    mem_before, mem_after, per_100k = _memory_per_100k(work, args.memory_customers)
     # latency at a steady rate of half the pipeline's capacity
     rate = statistics.median(pipes) / 2
     with Broker(_free_port(), log=work / "broker-lat.log") as broker:
         bootstrap = broker.url.removeprefix("kafka://")
         pipe, web = _pipeline_worker(broker, work, "worker-lat")
         try:
-            deadline = time.monotonic() + 180
-            while time.monotonic() < deadline:
-                try:
-                    with urllib.request.urlopen(f"http://127.0.0.1:{web}/stats/", timeout=2) as r:
-                        if json.loads(r.read())["model_version"]:
-                            break
-                except OSError:
-                    pass
-                time.sleep(1)
+            _wait_model(web)
             part = frame.head(min(total, int(rate * 60)))
             replay(bootstrap, "bank.events", part, rate=rate)
             while sum(consumer_lag(bootstrap, "churn-engine", "bank.events").values()):
@@ -171,8 +218,17 @@ def main() -> int:
     print(
         f"Produce-to-score latency at a steady {rate:,.0f} records/s (half the median capacity), {len(latencies):,} scores: p50 {p50:.0f} ms, p99 {p99:.0f} ms.\n"
     )
+    two = statistics.median(twos)
     print(
-        f"Worker RSS after the run: median {statistics.median(rss):,.0f} MB for {args.customers} customers."
+        f"Two workers on the same 8 partitions (one consumer group, each its own state): "
+        f"median **{two:,.0f}** records/s (runs: {', '.join(f'{x:,.0f}' for x in twos)}), "
+        f"**{two / statistics.median(pipes):.2f}x** one worker.\n"
+    )
+    print(
+        f"Worker RSS after the run: median {statistics.median(rss):,.0f} MB for {args.customers} customers. "
+        f"Folding the 6-month history of {args.memory_customers:,} customers grew a worker from "
+        f"{mem_before:,.0f} MB to {mem_after:,.0f} MB: **{per_100k:,.0f} MB per 100k customers** "
+        f"(memory store: the serialised states, plus at most {WorkerConfig.cache_size:,} decoded ones)."
     )
     return 0
 

@@ -66,7 +66,9 @@ def _v(features: Mapping[str, float], name: str, default: float = 0.0) -> float:
 
 
 def value_tier(value: float, edges: Sequence[float]) -> str:
-    """>>> value_tier(500.0, [1000.0, 400.0, 100.0])
+    """The tier of a predicted value, given the tier edges (highest first).
+
+    >>> value_tier(500.0, [1000.0, 400.0, 100.0])
     'gold'
     """
     for name, edge in zip(VALUE_TIERS, edges, strict=False):
@@ -76,7 +78,9 @@ def value_tier(value: float, edges: Sequence[float]) -> str:
 
 
 def loyalty_score(f: Mapping[str, float]) -> float:
-    """>>> loyalty_score({"tenure_days": 1825, "open_product_types": 4, "salary_months_6m": 6,
+    """Loyalty, 0-100 (see the module's notes).
+
+    >>> loyalty_score({"tenure_days": 1825, "open_product_types": 4, "salary_months_6m": 6,
     ...                "active_days_30d": 20, "open_complaints": 0})
     100.0
     """
@@ -93,7 +97,9 @@ def loyalty_score(f: Mapping[str, float]) -> float:
 
 
 def lifecycle_stage(f: Mapping[str, float]) -> Stage:
-    """>>> lifecycle_stage({"days_since_activity": 120, "tenure_days": 900})
+    """The lifecycle stage (see the module's notes).
+
+    >>> lifecycle_stage({"days_since_activity": 120, "tenure_days": 900})
     'dormant'
     """
     if _v(f, "days_since_activity", math.inf) >= 90:
