@@ -28,7 +28,9 @@ class Settings(BaseSettings):
     partitions: int = Field(8, ge=1, le=1024, description="partitions of the topics")
     store: Literal["memory://", "rocksdb://"] = Field("memory://", description="faust table store")
     model_poll_seconds: float = Field(30.0, gt=0, description="how often the champion is checked")
-    alert_threshold: float = Field(0.3, ge=0, le=1, description="churn probability that alerts")
+    alert_policy: str = Field(
+        "", description="alert policy YAML file (empty: the built-in default policy)"
+    )
     web_port: int = Field(6066, ge=1, le=65535, description="worker web port (/stats/)")
     batch_size: int = Field(500, ge=1, le=100_000, description="most events in one micro-batch")
     batch_within: float = Field(

@@ -1,7 +1,16 @@
 """Serving: scores, tiers, lifecycle stages, the alert policy and its delivery."""
 
-from serving._alerts import Alert, AlertPolicy, ThresholdPolicy
+from serving._alerts import (
+    Alert,
+    AlertPolicy,
+    ExplainedAlert,
+    ReasonText,
+    RulePolicy,
+    ThresholdPolicy,
+)
 from serving._model import Bundle, LiveModel, champion_version, load_live_model, score_states
+from serving._policy import DEFAULT_POLICY, AlertMemory, PolicyConfig, load_policy, parse_policy
+from serving._reasons import DRIVERS, explain
 from serving._scores import (
     LIFECYCLE_STAGES,
     VALUE_TIERS,
@@ -12,18 +21,28 @@ from serving._scores import (
 )
 
 __all__ = [
+    "DEFAULT_POLICY",
+    "DRIVERS",
     "LIFECYCLE_STAGES",
     "VALUE_TIERS",
     "Alert",
+    "AlertMemory",
     "AlertPolicy",
     "Bundle",
+    "ExplainedAlert",
     "LiveModel",
+    "PolicyConfig",
+    "ReasonText",
+    "RulePolicy",
     "Score",
     "ThresholdPolicy",
     "champion_version",
+    "explain",
     "lifecycle_stage",
     "load_live_model",
+    "load_policy",
     "loyalty_score",
+    "parse_policy",
     "score_states",
     "value_tier",
 ]

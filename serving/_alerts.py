@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import Final, Protocol
 
 from serving._policy import AlertMemory, Hit, PolicyConfig, evaluate_rules
@@ -102,6 +102,16 @@ class ExplainedAlert:
     reasons: tuple[ReasonText, ...]
     action: str
     segment: str | None
+
+    def to_dict(self) -> dict[str, object]:
+        """The record on ``manager.alerts``: the alert's fields, then the rest."""
+        return {
+            **asdict(self.alert),
+            "rules": list(self.rules),
+            "reasons": [asdict(r) for r in self.reasons],
+            "action": self.action,
+            "segment": self.segment,
+        }
 
 
 _SEGMENT_OF_CODE: Final = {0: "mass", 1: "affluent", 2: "private", 3: "sme"}

@@ -429,7 +429,7 @@ def explain(
     for name, c in contributions.items():
         d = _BY_FEATURE.get(name)
         if d is not None and not math.isnan(c):
-            weight[d.key] = weight.get(d.key, 0.0) + c
+            weight[d.key] = weight.get(d.key, 0.0) + float(c)
     ranked = sorted((w, k) for k, w in weight.items() if w > 0)
     ranked.reverse()
     by_key = {d.key: d for d in DRIVERS}

@@ -8,8 +8,11 @@ Per micro-batch (``stream.take_events``):
    is recognised and changes nothing);
 3. each touched customer's state is written once to the changelog-backed table;
 4. with a champion model, each touched customer is scored once at the time of its
-   newest event, the score goes to ``customer.scores`` and to the alert policy,
-   whose alerts go to ``manager.alerts``.
+   newest event, the score goes to ``customer.scores`` and to the alert policy
+   (:mod:`serving._policy`, a YAML file), whose alerts, with their reasons and a
+   suggested action, go to ``manager.alerts``; what the rules remember about each
+   customer (recent scores, last stage, cooldowns) is a second changelog-backed
+   table, ``alert-memory``, so it survives crashes and rebuilds from the log.
 
 Records with the header ``churn-backfill: 1`` (``churn replay --backfill``) are
 folded but not scored: bootstrapping state from history raises no stale alerts.
@@ -30,14 +33,17 @@ import weakref
 from collections import Counter, OrderedDict
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any
 
+import numpy as np
 import orjson
 
 from features import CustomerState, InvalidEventError
 from features.events import decode
-from serving import AlertPolicy, LiveModel, ThresholdPolicy, champion_version, load_live_model
+from serving import LiveModel, RulePolicy, champion_version, load_live_model
 from serving import score_states as _score_states
+from serving._policy import AlertMemory, load_policy
 
 __all__ = ["BACKFILL_HEADER", "Runtime", "WorkerConfig", "build_app", "run_worker"]
 
@@ -63,7 +69,7 @@ class WorkerConfig:
     batch_size: int = 500
     batch_within: float = 0.1
     cache_size: int = 20_000  # decoded customer states kept in memory
-    alert_threshold: float = 0.5
+    alert_policy: str = ""  # a YAML file; empty: the default policy
     web_port: int = 6066
     data_dir: str = "data/worker"
 
@@ -73,7 +79,7 @@ class Runtime:
     """What one worker process holds besides the table: model, counters, caches."""
 
     config: WorkerConfig
-    policy: AlertPolicy
+    policy: RulePolicy
     model: LiveModel | None = None
     counts: Counter[str] = field(default_factory=Counter)
     dead: Counter[str] = field(default_factory=Counter)
@@ -94,6 +100,7 @@ class Runtime:
             "model_version": self.model.version if self.model else None,
             "reloads": self.reloads,
             "reload_failures": self.reload_failures,
+            "alerts_suppressed": dict(self.policy.suppressed),
             "uptime_seconds": round(time.monotonic() - self.started, 1),
         }
 
@@ -207,7 +214,7 @@ def consumer_state(app: Any, topic: str) -> dict[str, Any]:
     return out
 
 
-def build_app(cfg: WorkerConfig, policy: AlertPolicy | None = None) -> tuple[Any, Runtime]:
+def build_app(cfg: WorkerConfig, policy: RulePolicy | None = None) -> tuple[Any, Runtime]:
     """The faust app with its topics, table, agent, model timer and stats page."""
     import faust
 
@@ -225,19 +232,30 @@ def build_app(cfg: WorkerConfig, policy: AlertPolicy | None = None) -> tuple[Any
         consumer_auto_offset_reset="earliest",
         producer_linger_ms=5,
     )
-    runtime = Runtime(cfg, policy or ThresholdPolicy(cfg.alert_threshold))
+    if policy is None:
+        policy = RulePolicy(load_policy(Path(cfg.alert_policy) if cfg.alert_policy else None))
+    runtime = Runtime(cfg, policy)
     # internal=True: faust creates missing topics with our partition count (a broker's
     # auto-creation would pick its own default, and the table must match the source)
     events, dlq, scores, alerts = (
         app.topic(name, partitions=cfg.partitions, internal=True)
         for name in (cfg.events_topic, cfg.dlq_topic, cfg.scores_topic, cfg.alerts_topic)
     )
-    table = app.Table(
-        "customer-state",
-        partitions=cfg.partitions,
-        key_type=bytes,
-        value_type=bytes,
+    table, memory_table = (
+        app.Table(name, partitions=cfg.partitions, key_type=bytes, value_type=bytes)
+        for name in ("customer-state", "alert-memory")
     )
+
+    async def store(tbl: Any, key: bytes, blob: bytes, event: Any) -> None:
+        """Write ``key`` in its event's context: the store and the changelog partition
+        are the partition of this key's event (not of the batch's last event). The
+        store directly, and the changelog record awaited here: a table's sync
+        ``__setitem__`` queues the record in faust's producer buffer, which a whole
+        batch of writes overfills (and which stalled after a restart)."""
+        _current_event.set(weakref.ref(event))
+        tbl.data[key] = blob
+        await tbl.changelog_topic.send(key=key, value=blob, partition=event.message.partition)
+
     counts, dead = runtime.counts, runtime.dead
     from faust.streams import _current_event  # set per key: see "in its event's context"
 
@@ -261,10 +279,17 @@ def build_app(cfg: WorkerConfig, policy: AlertPolicy | None = None) -> tuple[Any
                 detail = f"message key {msg.key!r} is not the customer id {event.customer_id!r}"
                 await dlq.send(key=key, value=dead_letter("key_mismatch", detail, raw, msg))
                 continue
-            state = touched.get(key)
-            if state is None:
-                state = runtime.state_for(key, table.get(key), event.customer_id)
-            outcome = state.apply(event)
+            try:
+                state = touched.get(key)
+                if state is None:
+                    state = runtime.state_for(key, table.get(key), event.customer_id)
+                outcome = state.apply(event)
+            except Exception as exc:  # a bug or a state this engine cannot read: counted
+                logger.exception("cannot fold event %s", event.event_id)
+                dead["processing_error"] += 1
+                detail = f"{type(exc).__name__}: {exc}"
+                await dlq.send(key=key, value=dead_letter("processing_error", detail, raw, msg))
+                continue
             if outcome == "too_late":  # older than the longest window: cannot count any more
                 dead["too_late"] += 1
                 detail = f"event {event.event_id} is older than the longest window"
@@ -277,28 +302,46 @@ def build_app(cfg: WorkerConfig, policy: AlertPolicy | None = None) -> tuple[Any
                 to_score[key] = state
         for key, state in touched.items():
             blob = state.to_bytes()
-            # in its event's context: the store and the changelog partition are the
-            # partition of this key's event (not of the batch's last event)
-            event = source[key]
-            _current_event.set(weakref.ref(event))
-            # the store directly, and the changelog record awaited here: a table's
-            # sync ``__setitem__`` queues the record in faust's producer buffer, which
-            # a whole batch of writes overfills (and which stalled after a restart)
-            table.data[key] = blob
-            await table.changelog_topic.send(key=key, value=blob, partition=event.message.partition)
+            await store(table, key, blob, source[key])
             runtime.remember(key, blob, state)
+        if not to_score:
+            return
+        try:
+            await score_and_alert(to_score, source)
+        except Exception:
+            # the events are folded and their states stored: only these scores are
+            # missing (the customers' next events score them again); counted, logged
+            logger.exception("scoring failed for %d customers", len(to_score))
+            counts["score_failures"] += len(to_score)
+
+    async def score_and_alert(
+        to_score: dict[bytes, CustomerState], source: dict[bytes, Any]
+    ) -> None:
         async with runtime.model_lock:
             model = runtime.model
-            if model is None or not to_score:
+            if model is None:
                 counts["unscored"] += len(to_score)
                 return
-            for score, features in _score_states(model, list(to_score.values())):
-                key = score.customer_id.encode()
+            scored = _score_states(model, list(to_score.values()))
+            keys = [score.customer_id.encode() for score, _ in scored]
+            for key, (score, _) in zip(keys, scored, strict=True):
                 await scores.send(key=key, value=orjson.dumps(asdict(score)))
-                counts["scored"] += 1
-                for alert in runtime.policy.evaluate(score, features):
-                    await alerts.send(key=key, value=orjson.dumps(asdict(alert)))
-                    counts["alerts"] += 1
+            counts["scored"] += len(scored)
+            memories = [AlertMemory.from_bytes(memory_table.get(key)) for key in keys]
+            names = model.bundle.features
+
+            def contributions(rows: list[int]) -> list[dict[str, float]]:
+                x = np.array([[scored[i][1][n] for n in names] for i in rows], np.float64)
+                return [dict(zip(names, c, strict=False)) for c in model.bundle.contributions(x)]
+
+            explained, new_memories = runtime.policy.evaluate_many(scored, memories, contributions)
+            for key, old, new in zip(keys, memories, new_memories, strict=True):
+                if new != old:
+                    await store(memory_table, key, new.to_bytes(), source[key])
+            for alert in explained:
+                key = alert.alert.customer_id.encode()
+                await alerts.send(key=key, value=orjson.dumps(alert.to_dict()))
+            counts["alerts"] += len(explained)
 
     @app.agent(events, name="fold-and-score")
     async def fold_and_score(stream: Any) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 import os
@@ -55,11 +56,27 @@ class Worker:
             return dict(json.loads(resp.read()))
 
 
-def start_worker(broker: Broker, data_dir: Path, name: str, poll: float = 30.0) -> Worker:
+TEST_POLICY = """\
+version: 1
+cooldown: 7d
+rules:
+  - {name: high_risk, kind: churn_probability, threshold: 0.05, severity: high}
+  - {name: turning_away, kind: lifecycle, to: [declining, dormant], severity: medium}
+"""
+
+
+def start_worker(
+    broker: Broker, data_dir: Path, name: str, poll: float = 30.0, policy: str = ""
+) -> Worker:
     web_port = free_port()
     log = data_dir / f"{name}.log"
+    policy_file = ""
+    if policy:
+        (data_dir / f"{name}-policy.yaml").write_text(policy)
+        policy_file = str(data_dir / f"{name}-policy.yaml")
     env = {
         **os.environ,
+        "CHURN_ALERT_POLICY": policy_file,
         "CHURN_KAFKA_URL": broker.url,
         "CHURN_DATA_DIR": str(data_dir),
         "CHURN_WEB_PORT": str(web_port),
@@ -163,7 +180,7 @@ def assert_states_match_offline(states: dict[str, CustomerState], log: Path) -> 
 def test_live_scores_equal_batch_scores_and_dirty_input_is_accounted(
     broker: Broker, stream_log: Path, champion_dir: Path, tmp_path: Path
 ) -> None:
-    worker = start_worker(broker, champion_dir, "parity")
+    worker = start_worker(broker, champion_dir, "parity", policy=TEST_POLICY)
     try:
         sent = send(broker, stream_log, None, CUT, backfill=True)
         sent += send(broker, stream_log, CUT, None)
@@ -175,6 +192,7 @@ def test_live_scores_equal_batch_scores_and_dirty_input_is_accounted(
     dead = Counter(stats["dead_lettered"])  # type: ignore[arg-type]
     # everything is accounted for, nothing dropped silently
     assert counts["consumed"] == sent
+    assert counts["score_failures"] == 0
     assert counts["consumed"] == counts["applied"] + counts["duplicate"] + counts["too_late"] + sum(
         dead.values()
     )
@@ -225,6 +243,47 @@ def test_live_scores_equal_batch_scores_and_dirty_input_is_accounted(
         "declining",
         "dormant",
     }
+    assert_alerts_are_routed_explained_and_cooled(bootstrap, stream_log)
+
+
+def assert_alerts_are_routed_explained_and_cooled(bootstrap: str, log: Path) -> None:
+    alerts = [json.loads(v) for _, v in read_topic(bootstrap, "manager.alerts")]
+    assert len(alerts) > 20
+    scores = {
+        (s["customer_id"], s["as_of"]): s
+        for s in (json.loads(v) for _, v in read_topic(bootstrap, "customer.scores"))
+    }
+    # each alert goes to the customer's manager at the time (from the event log)
+    managers = (
+        clean_log(scan_log(log))
+        .filter(pl.col("manager_id").is_not_null())
+        .select("customer_id", "occurred_at", "manager_id")
+        .sort("customer_id", "occurred_at", "manager_id")
+        .collect()
+    )
+    history: dict[str, list[tuple[datetime, str]]] = {}
+    for cid, t, m in managers.iter_rows():
+        history.setdefault(cid, []).append((t, m))
+    fired: dict[tuple[str, str], list[datetime]] = {}
+    for a in alerts:
+        at = datetime.fromisoformat(a["as_of"])
+        expected = [m for t, m in history[a["customer_id"]] if t <= at][-1]
+        assert a["manager_id"] == expected, a
+        score = scores[(a["customer_id"], a["as_of"])]  # raised from an emitted score
+        assert a["churn_probability"] == score["churn_probability"]
+        assert a["predicted_value_minor"] > 0  # no retention alert without value
+        assert a["value_at_risk_minor"] == pytest.approx(
+            a["churn_probability"] * a["predicted_value_minor"]
+        )
+        assert 1 <= len(a["reasons"]) <= 3
+        assert all(r["en"] and r["zh"] and r["weight"] > 0 for r in a["reasons"])
+        assert a["action"]
+        for rule in a["rules"]:
+            fired.setdefault((a["customer_id"], rule), []).append(at)
+    # a customer alerts at most once per cooldown and rule
+    for times in fired.values():
+        times.sort()
+        assert all(b - a >= timedelta(days=7) for a, b in itertools.pairwise(times)), times
 
 
 def test_a_killed_worker_restarts_without_losing_or_double_counting(
