@@ -191,6 +191,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--backfill", action="store_true", help="mark as history: folded into state, not scored"
     )
 
+    pol = sub.add_parser("policy", help="the alert policy: print the default, check a file")
+    psub = pol.add_subparsers(dest="policy_command", required=True)
+    psub.add_parser("show", help="print the built-in default policy (a commented example)")
+    check = psub.add_parser("check", help="validate a policy file and summarise its rules")
+    check.add_argument("file", type=Path)
+
     demo = sub.add_parser("demo", help="the main job on embedded defaults")
     _simulation_args(demo, customers=20_000)
     demo.add_argument(
@@ -528,6 +534,22 @@ def _cmd_broker(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def _cmd_policy(args: argparse.Namespace) -> int:
+    from serving import DEFAULT_POLICY, load_policy
+    from serving._policy import human
+
+    if args.policy_command == "show":
+        print(DEFAULT_POLICY, end="")
+        return 0
+    pol = load_policy(args.file)
+    on = "on" if pol.inhibit else "off"
+    print(f"{args.file}: valid; cooldown {human(pol.cooldown)}, inhibition {on}")
+    for rule in pol.rules:
+        cool = human(pol.cooldown_of(rule))
+        print(f"  {rule.name:<24} {rule.kind:<22} {rule.severity:<9} cooldown {cool}")
+    return 0
+
+
 def _cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
     from stream import run_worker
 
@@ -568,6 +590,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             "schema": _cmd_schema,
             "validate": _cmd_validate,
             "features": _cmd_features,
+            "policy": _cmd_policy,
         }
         if args.command in plain:
             return plain[args.command](args)

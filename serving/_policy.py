@@ -83,6 +83,15 @@ def _duration(value: object) -> timedelta:
     return timedelta(seconds=int(m.group(1)) * _UNIT[m.group(2)])
 
 
+def human(td: timedelta) -> str:
+    """A duration as the file writes it: ``7d``, ``4h``, ``15m``, ``30s``."""
+    secs = int(td.total_seconds())
+    for unit in ("d", "h", "m"):
+        if secs and secs % _UNIT[unit] == 0:
+            return f"{secs // _UNIT[unit]}{unit}"
+    return f"{secs}s"
+
+
 Duration = Annotated[timedelta, Field(description="30s, 15m, 4h, 7d")]
 
 

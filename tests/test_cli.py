@@ -100,3 +100,22 @@ def test_demo_simulates_trains_and_promotes(
     assert "promoted version 1 to champion" in out
     train = pl.read_parquet(tmp_path / "train.parquet")
     assert {"churn", "value_minor", "logins_30d"} <= set(train.columns)
+
+
+def test_policy_show_prints_a_valid_policy_and_check_names_bad_fields(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["policy", "show"]) == 0
+    shown = tmp_path / "policy.yaml"
+    shown.write_text(capsys.readouterr().out)
+    assert main(["policy", "check", str(shown)]) == 0
+    out = capsys.readouterr().out
+    assert "valid; cooldown 7d" in out
+    assert "complaint_left_open" in out
+    assert "cooldown 14d" in out
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("version: 1\nrules:\n - {name: ab, kind: lifecycle, severity: urgent}\n")
+    assert main(["policy", "check", str(bad)]) == 2
+    err = capsys.readouterr().err
+    assert "rules[0].severity='urgent'" in err
+    assert "critical, high, medium or low" in err
