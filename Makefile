@@ -23,7 +23,14 @@ $(STAMP): pyproject.toml requirements.lock
 demo: $(STAMP)
 	$(VENV)/bin/churn demo --customers $(DEMO_CUSTOMERS) --months $(DEMO_MONTHS) --data-dir $(DATA)
 
-test: lint
+# the browser for the inbox's end-to-end test (Debian's Chromium and ChromeDriver)
+SYSTEM_STAMP := $(VENV)/.system
+$(SYSTEM_STAMP):
+	command -v chromedriver >/dev/null && command -v chromium >/dev/null || \
+	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver >/dev/null)
+	mkdir -p $(VENV) && touch $(SYSTEM_STAMP)
+
+test: lint $(SYSTEM_STAMP)
 	$(PY) -m pytest -q
 
 lint: $(STAMP)

@@ -10,10 +10,10 @@ import sys
 from collections.abc import Sequence
 from datetime import date
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from churn._settings import Settings, env_help
-from features.errors import ChurnEngineError
+from features.errors import ChurnEngineError, ConfigError
 
 if TYPE_CHECKING:
     from features import LabelConfig
@@ -191,6 +191,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--backfill", action="store_true", help="mark as history: folded into state, not scored"
     )
 
+    sub.add_parser(
+        "notify", help="send alert digests to managers (topic, webhook, e-mail); Ctrl-C stops"
+    )
+    sub.add_parser("serve", help="the managers' inbox: web pages and JSON API (Ctrl-C stops)")
+    sub.add_parser("token", help="make a new manager token and the hash for the managers file")
     pol = sub.add_parser("policy", help="the alert policy: print the default, check a file")
     psub = pol.add_subparsers(dest="policy_command", required=True)
     psub.add_parser("show", help="print the built-in default policy (a commented example)")
@@ -550,6 +555,85 @@ def _cmd_policy(args: argparse.Namespace) -> int:
     return 0
 
 
+def notify_config(settings: Settings) -> Any:
+    """The notifier's configuration from the settings (secrets from the environment)."""
+    from serving import load_policy
+    from serving._delivery import EmailConfig, WebhookConfig
+    from serving._notify import RoutingConfig
+    from serving._outbox import NotifyConfig, load_directory
+
+    policy = load_policy(Path(settings.alert_policy) if settings.alert_policy else None)
+    r = policy.routing
+    webhook = None
+    if settings.webhook_url:
+        secret = settings.webhook_secret.get_secret_value()
+        if not secret:
+            raise ConfigError("CHURN_WEBHOOK_SECRET", "", "a secret when CHURN_WEBHOOK_URL is set")
+        webhook = WebhookConfig(settings.webhook_url, secret.encode())
+    email = None
+    if settings.smtp_host:
+        email = EmailConfig(
+            settings.smtp_host,
+            settings.smtp_port,
+            settings.smtp_sender,
+            settings.smtp_user or None,
+            settings.smtp_password.get_secret_value() or None,
+        )
+    return NotifyConfig(
+        bootstrap=kafka_bootstrap(settings),
+        routing=RoutingConfig(r.group_wait, r.group_interval, r.repeat_interval, r.daily_cap),
+        webhook=webhook,
+        email=email,
+        directory=load_directory(Path(settings.managers) if settings.managers else None),
+        partitions=settings.partitions,
+    )
+
+
+def _cmd_notify(args: argparse.Namespace, settings: Settings) -> int:
+    import asyncio
+
+    from serving._outbox import run_notifier
+
+    counts = asyncio.run(run_notifier(notify_config(settings)))
+    print(f"sent {dict(counts.sent)}; failed {dict(counts.failed)}")
+    return 0
+
+
+def _cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
+    import secrets
+
+    import uvicorn
+
+    from serving._inbox import build_inbox
+    from serving._outbox import load_directory
+
+    directory = load_directory(Path(settings.managers) if settings.managers else None)
+    if not directory.managers:
+        raise ConfigError("CHURN_MANAGERS", settings.managers, "a managers file with tokens")
+    key = settings.inbox_secret.get_secret_value().encode()
+    if not key:
+        logging.getLogger("churn").warning(
+            "CHURN_INBOX_SECRET is not set: sessions are signed with a random key and end "
+            "when the inbox restarts"
+        )
+        key = secrets.token_bytes(32)
+    app, _ = build_inbox(directory, kafka_bootstrap(settings), key)
+    print(f"inbox on http://{settings.inbox_host}:{settings.inbox_port}/ (API docs: /docs)")
+    uvicorn.run(app, host=settings.inbox_host, port=settings.inbox_port, log_level="warning")
+    return 0
+
+
+def _cmd_token(args: argparse.Namespace) -> int:
+    import secrets
+
+    from serving._inbox import hash_token
+
+    token = secrets.token_urlsafe(24)
+    print(f"token (give it to the manager; it is not stored): {token}")
+    print(f"for the managers file:  token_sha256: {hash_token(token)}")
+    return 0
+
+
 def _cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
     from stream import run_worker
 
@@ -591,6 +675,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             "validate": _cmd_validate,
             "features": _cmd_features,
             "policy": _cmd_policy,
+            "token": _cmd_token,
         }
         if args.command in plain:
             return plain[args.command](args)
@@ -600,6 +685,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             "models": _cmd_models,
             "broker": _cmd_broker,
             "worker": _cmd_worker,
+            "notify": _cmd_notify,
+            "serve": _cmd_serve,
             "replay": _cmd_replay,
             "demo": _cmd_demo,
         }

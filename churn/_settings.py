@@ -6,7 +6,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, ValidationError
+from pydantic import Field, SecretStr, ValidationError
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from features.errors import ConfigError
@@ -32,6 +32,21 @@ class Settings(BaseSettings):
         "", description="alert policy YAML file (empty: the built-in default policy)"
     )
     web_port: int = Field(6066, ge=1, le=65535, description="worker web port (/stats/)")
+    managers: str = Field(
+        "", description="managers file (YAML): e-mail, language, team, token hash"
+    )
+    webhook_url: str = Field("", description="digests are POSTed here (signed) when set")
+    webhook_secret: SecretStr = Field(SecretStr(""), description="HMAC key of webhook signatures")
+    smtp_host: str = Field("", description="digests are e-mailed through this server when set")
+    smtp_port: int = Field(25, ge=1, le=65535, description="SMTP port")
+    smtp_sender: str = Field("churn-alerts@localhost", description="From: of digest e-mails")
+    smtp_user: str = Field("", description="SMTP login (empty: none)")
+    smtp_password: SecretStr = Field(SecretStr(""), description="SMTP password")
+    inbox_host: str = Field("127.0.0.1", description="address the inbox (churn serve) listens on")
+    inbox_port: int = Field(8080, ge=1, le=65535, description="port of the inbox (churn serve)")
+    inbox_secret: SecretStr = Field(
+        SecretStr(""), description="key that signs inbox sessions (empty: random per start)"
+    )
     batch_size: int = Field(500, ge=1, le=100_000, description="most events in one micro-batch")
     batch_within: float = Field(
         0.1, gt=0, le=60, description="seconds a micro-batch waits to fill (latency bound)"

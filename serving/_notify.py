@@ -135,6 +135,23 @@ class Notifier:
                 return reason or scope
         return None
 
+    def on_digest(self, digest: Mapping[str, Any], at: datetime) -> None:
+        """A digest already sent (read back from ``manager.digests`` on a restart)."""
+        recipient = str(digest["recipient"])
+        for a in digest.get("alerts", []):
+            item = self.open.get(str(a["customer_id"]))
+            if item is not None and item.alert.get("alert_id") == a.get("alert_id"):
+                item.sent_at = at
+        self.last_sent[recipient] = at
+        self.sent_today[(recipient, at.date().isoformat())] += len(digest.get("alerts", []))
+        if self.next_flush.get(recipient, at) <= at:
+            self.next_flush.pop(recipient, None)
+        if any(
+            it.recipient == recipient and it.sent_at is None and not it.acknowledged
+            for it in self.open.values()
+        ):
+            self._schedule(recipient, at)
+
     # ------------------------------------------------------------ sending
     def due(self, now: datetime) -> list[Digest]:
         """The digests to send at ``now`` (and the notifier's state moves on)."""

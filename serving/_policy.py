@@ -156,10 +156,25 @@ class ActionChoice(_Strict):
     segments: dict[Segment, Action] = {}
 
 
+class Routing(_Strict):
+    """How alerts reach managers (see :mod:`serving._notify`)."""
+
+    group_wait: Duration = timedelta(seconds=30)
+    group_interval: Duration = timedelta(minutes=5)
+    repeat_interval: Duration = timedelta(hours=24)
+    daily_cap: int = Field(20, ge=1, le=10_000)
+
+    @field_validator("group_wait", "group_interval", "repeat_interval", mode="before")
+    @classmethod
+    def _durations(cls, v: object) -> timedelta:
+        return _duration(v)
+
+
 class PolicyConfig(_Strict):
     """The whole policy file (see ``DEFAULT_POLICY`` for a commented example)."""
 
     version: Literal[1] = 1
+    routing: Routing = Routing()
     cooldown: Duration = timedelta(days=7)
     rules: list[AnyRule] = Field(min_length=1)
     actions: dict[str, Action | ActionChoice] = {}
@@ -247,6 +262,11 @@ rules:
     days: 14
     tiers: [platinum, gold]
     cooldown: 14d
+routing:                # how alerts reach managers
+  group_wait: 30s       # a manager's first alert waits this long for others: one digest
+  group_interval: 5m    # then at most one digest per manager this often
+  repeat_interval: 24h  # an unacknowledged alert is sent again after this
+  daily_cap: 20         # alerts per manager and day; the rest wait in the inbox
 actions:                # driver -> action (or per tier / segment)
   complaints: service_recovery_call
   fees: fee_waiver
