@@ -13,9 +13,11 @@ from faust.worker import Worker
 
 
 def main() -> None:
+    from stream._transport import SCHEME  # the worker's transport (short fetch wait)
+
     app = faust.App(
         "noop-bench",
-        broker=sys.argv[1],
+        broker=sys.argv[1].replace("kafka://", f"{SCHEME}://", 1),
         store="memory://",
         topic_partitions=8,
         topic_replication_factor=1,

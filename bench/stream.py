@@ -17,6 +17,7 @@ import time
 import urllib.request
 from datetime import UTC, date, datetime
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -123,7 +124,13 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--customers", type=int, default=600)
     parser.add_argument("--runs", type=int, default=3)
-    parser.add_argument("--memory-customers", type=int, default=5_000)
+    parser.add_argument("--memory-customers", type=int, default=5_000, help="0: skip")
+    parser.add_argument(
+        "--capacity",
+        type=float,
+        default=None,
+        help="skip the throughput runs; measure latency at half this rate (records/s)",
+    )
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="bench-stream-"))
     # a champion model, trained quickly
@@ -144,7 +151,7 @@ def main() -> int:
     frame = load_replay(log)
     total = frame.height
     ratios, pipes, noops, rss, twos = [], [], [], [], []  # type: ignore[var-annotated]
-    for run in range(args.runs):
+    for run in range(0 if args.capacity else args.runs):
         with Broker(_free_port(), log=work / f"broker{run}.log") as broker:
             bootstrap = broker.url.removeprefix("kafka://")
             replay(bootstrap, "bank.events", frame)  # live: every customer is scored
@@ -183,9 +190,9 @@ def main() -> int:
             f"ratio {ratios[-1]:.3f}; two workers {twos[-1]:,.0f}/s",
             file=sys.stderr,
         )
-    mem_before, mem_after, per_100k = _memory_per_100k(work, args.memory_customers)
+    memory = _memory_per_100k(work, args.memory_customers) if args.memory_customers else None
     # latency at a steady rate of half the pipeline's capacity
-    rate = statistics.median(pipes) / 2
+    rate = (args.capacity or statistics.median(pipes)) / 2
     with Broker(_free_port(), log=work / "broker-lat.log") as broker:
         bootstrap = broker.url.removeprefix("kafka://")
         pipe, web = _pipeline_worker(broker, work, "worker-lat")
@@ -198,43 +205,82 @@ def main() -> int:
         finally:
             stop_group(pipe)
         latencies = _latencies(bootstrap)
+        alert_latencies = _latencies(bootstrap, "manager.alerts")
     p50, p99 = np.percentile(latencies, [50, 99])
-    print(
-        f"\n## Streaming pipeline (`python -m bench.stream --customers {args.customers} --runs {args.runs}`)\n"
-    )
+    a50, a99 = np.percentile(alert_latencies, [50, 99]) if alert_latencies else (np.nan, np.nan)
+    explain_s = _reason_codes_seconds(work, ts)
+    print(f"\n## Streaming pipeline (`python -m bench.stream {' '.join(sys.argv[1:])}`)\n")
     print(
         f"{_machine()}; {datetime.now(UTC).date()}; broker: Tansu 0.6 (memory), 8 partitions, one worker.\n"
     )
     print(
         f"Log: {total:,} records ({args.customers} customers x 12 months), all scored (live, not backfill).\n"
     )
-    print("| run | pipeline (records/s) | no-op faust agent (records/s) | ratio |")
-    print("|---|---|---|---|")
-    for i, (p, n, r) in enumerate(zip(pipes, noops, ratios, strict=True), 1):
-        print(f"| {i} | {p:,.0f} | {n:,.0f} | {r:.3f} |")
-    print(
-        f"| **median** | **{statistics.median(pipes):,.0f}** | **{statistics.median(noops):,.0f}** | **{statistics.median(ratios):.3f}** |\n"
-    )
+    if pipes:
+        print("| run | pipeline (records/s) | no-op faust agent (records/s) | ratio |")
+        print("|---|---|---|---|")
+        for i, (p, n, r) in enumerate(zip(pipes, noops, ratios, strict=True), 1):
+            print(f"| {i} | {p:,.0f} | {n:,.0f} | {r:.3f} |")
+        print(
+            f"| **median** | **{statistics.median(pipes):,.0f}** | **{statistics.median(noops):,.0f}** | **{statistics.median(ratios):.3f}** |\n"
+        )
     print(
         f"Produce-to-score latency at a steady {rate:,.0f} records/s (half the median capacity), {len(latencies):,} scores: p50 {p50:.0f} ms, p99 {p99:.0f} ms.\n"
     )
-    two = statistics.median(twos)
     print(
-        f"Two workers on the same 8 partitions (one consumer group, each its own state): "
-        f"median **{two:,.0f}** records/s (runs: {', '.join(f'{x:,.0f}' for x in twos)}), "
-        f"**{two / statistics.median(pipes):.2f}x** one worker.\n"
+        f"Event-to-alert latency on `manager.alerts` at the same rate (default policy, no "
+        f"group wait: alerts leave the worker at once), {len(alert_latencies):,} alerts: "
+        f"p50 {a50:.0f} ms, p99 {a99:.0f} ms.\n"
     )
     print(
-        f"Worker RSS after the run: median {statistics.median(rss):,.0f} MB for {args.customers} customers. "
-        f"Folding the 6-month history of {args.memory_customers:,} customers grew a worker from "
-        f"{mem_before:,.0f} MB to {mem_after:,.0f} MB: **{per_100k:,.0f} MB per 100k customers** "
-        f"(memory store: the serialised states, plus at most {WorkerConfig.cache_size:,} decoded ones)."
+        f"Reason codes for 1,000 alerts (contributions + top-3 reasons in English and Chinese): "
+        f"median **{statistics.median(explain_s):.2f} s** (runs: {', '.join(f'{x:.2f}' for x in explain_s)}).\n"
     )
+    if twos:
+        two = statistics.median(twos)
+        print(
+            f"Two workers on the same 8 partitions (one consumer group, each its own state): "
+            f"median **{two:,.0f}** records/s (runs: {', '.join(f'{x:,.0f}' for x in twos)}), "
+            f"**{two / statistics.median(pipes):.2f}x** one worker.\n"
+        )
+        print(
+            f"Worker RSS after the run: median {statistics.median(rss):,.0f} MB for {args.customers} customers.\n"
+        )
+    if memory is not None:
+        before, after, per_100k = memory
+        print(
+            f"Folding the 6-month history of {args.memory_customers:,} customers grew a worker from "
+            f"{before:,.0f} MB to {after:,.0f} MB: **{per_100k:,.0f} MB per 100k customers** "
+            f"(memory store: the serialised states, plus at most {WorkerConfig().cache_size:,} decoded ones)."
+        )
     return 0
 
 
-def _latencies(bootstrap: str) -> list[float]:
-    """ms from an event's produce time to the emission of the score at its time."""
+def _reason_codes_seconds(work: Path, frame: Any, n: int = 1000, runs: int = 3) -> list[float]:
+    """Seconds to explain ``n`` alerts: LightGBM contributions for their rows, then the
+    top-3 reasons in English and Chinese."""
+    from serving import explain
+    from training import load_bundle
+
+    bundle, _ = load_bundle(Store.resolve(work, environ={}))
+    rows = frame.head(n)
+    x = rows.select(list(bundle.features)).to_numpy().astype(np.float64)
+    out = []
+    for _ in range(runs):
+        began = time.perf_counter()
+        contrib = bundle.contributions(x)
+        for i in range(n):
+            feats = dict(zip(bundle.features, x[i].tolist(), strict=True))
+            c = dict(zip(bundle.features, contrib[i].tolist(), strict=False))
+            explain(feats, c, "en")
+            explain(feats, c, "zh")
+        out.append(time.perf_counter() - began)
+    return out
+
+
+def _latencies(bootstrap: str, topic: str = "customer.scores") -> list[float]:
+    """ms from an event's produce time to the emission of the score (or alert) at its
+    time."""
     sent: dict[tuple[str, int], float] = {}
     for _, value, ts in _records(bootstrap, "bank.events"):
         try:
@@ -244,7 +290,7 @@ def _latencies(bootstrap: str) -> list[float]:
         key = (ev.customer_id, int(ev.occurred_at.timestamp() * 1e6))
         sent.setdefault(key, ts)
     out = []
-    for _, value, ts in _records(bootstrap, "customer.scores"):
+    for _, value, ts in _records(bootstrap, topic):
         s = json.loads(value)
         key = (s["customer_id"], int(datetime.fromisoformat(s["as_of"]).timestamp() * 1e6))
         if key in sent:

@@ -14,8 +14,8 @@ outcome, silence) is an event on ``manager.actions``: who, when, what; the
 notifier folds the same events.
 """
 
-from __future__ import annotations
-
+# no ``from __future__ import annotations`` here: FastAPI reads the endpoints'
+# annotations at run time, including the local ``Me`` dependency
 import asyncio
 import contextlib
 import hashlib
@@ -90,6 +90,12 @@ class InboxView:
 
 
 # ------------------------------------------------------------------ API models
+_ERRORS: Final[dict[int | str, dict[str, Any]]] = {
+    400: {"description": "the body is not valid JSON"},
+    401: {"description": "no valid bearer token"},
+}
+
+
 class ReasonOut(BaseModel):
     driver: str
     text: str
@@ -274,7 +280,7 @@ def build_inbox(
         return item
 
     # -------------------------------------------------------------- API
-    @app.get("/api/alerts", response_model=list[AlertOut], tags=["alerts"])
+    @app.get("/api/alerts", response_model=list[AlertOut], responses=_ERRORS, tags=["alerts"])
     async def list_alerts(me: Me) -> list[AlertOut]:
         """The open alerts you can see, most value at risk first."""
         return [_alert_out(a, it, lang_of(me)) for a, it in view.alerts_for(me)]
@@ -282,7 +288,7 @@ def build_inbox(
     @app.get(
         "/api/customers/{customer_id}",
         response_model=CustomerOut,
-        responses={404: {"description": "not in your inbox"}},
+        responses=_ERRORS | {404: {"description": "not in your inbox"}},
         tags=["alerts"],
     )
     async def customer(customer_id: str, me: Me) -> CustomerOut:
@@ -300,7 +306,7 @@ def build_inbox(
     @app.post(
         "/api/customers/{customer_id}/acknowledge",
         response_model=ActionOut,
-        responses={404: {"description": "not in your inbox"}},
+        responses=_ERRORS | {404: {"description": "not in your inbox"}},
         tags=["actions"],
     )
     async def acknowledge(customer_id: str, me: Me) -> ActionOut:
@@ -310,7 +316,7 @@ def build_inbox(
     @app.post(
         "/api/customers/{customer_id}/snooze",
         response_model=ActionOut,
-        responses={404: {"description": "not in your inbox"}},
+        responses=_ERRORS | {404: {"description": "not in your inbox"}},
         tags=["actions"],
     )
     async def snooze(customer_id: str, body: SnoozeIn, me: Me) -> ActionOut:
@@ -321,7 +327,7 @@ def build_inbox(
     @app.post(
         "/api/customers/{customer_id}/outcome",
         response_model=ActionOut,
-        responses={404: {"description": "not in your inbox"}},
+        responses=_ERRORS | {404: {"description": "not in your inbox"}},
         tags=["actions"],
     )
     async def outcome(customer_id: str, body: OutcomeIn, me: Me) -> ActionOut:
@@ -331,7 +337,7 @@ def build_inbox(
     @app.post(
         "/api/silences",
         response_model=ActionOut,
-        responses={404: {"description": "not yours to silence"}},
+        responses=_ERRORS | {404: {"description": "not yours to silence"}},
         tags=["actions"],
     )
     async def silence(body: SilenceIn, me: Me) -> ActionOut:
@@ -444,8 +450,8 @@ async def _follow(bootstrap: str, view: InboxView, ready: asyncio.Event) -> None
         ]
         ends = await _true_ends(consumer, tps)
         consumer.assign(tps)
-        for tp in tps:
-            consumer.seek_to_beginning(tp)
+        if tps:
+            await consumer.seek_to_beginning(*tps)
         caught_up = False
         while True:
             batch = await consumer.getmany(timeout_ms=500)

@@ -186,8 +186,8 @@ async def run_notifier(
         ]
         ends = await _true_ends(consumer, tps)  # what there is now: folded, not sent
         consumer.assign(tps)
-        for tp in tps:
-            consumer.seek_to_beginning(tp)
+        if tps:
+            await consumer.seek_to_beginning(*tps)
         backlog: list[tuple[int, str, dict[str, Any]]] = []
         pending = {tp for tp in tps if ends[tp] > 0}
         while pending:

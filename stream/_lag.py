@@ -6,7 +6,7 @@ import asyncio
 from collections.abc import Iterator
 from typing import Any
 
-__all__ = ["consumer_lag", "read_topic"]
+__all__ = ["consumer_lag", "read_records", "read_topic"]
 
 
 async def _true_ends(consumer: Any, tps: list[Any]) -> dict[Any, int]:
@@ -59,13 +59,13 @@ def consumer_lag(bootstrap: str, group: str, topic: str) -> dict[int, int]:
     return asyncio.run(_lag(bootstrap, group, topic))
 
 
-async def _read(bootstrap: str, topic: str, idle: float) -> list[tuple[bytes | None, bytes]]:
+async def _read(bootstrap: str, topic: str, idle: float) -> list[tuple[bytes | None, bytes, int]]:
     from aiokafka import AIOKafkaConsumer
     from aiokafka.structs import TopicPartition
 
     consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
     await consumer.start()
-    out: list[tuple[bytes | None, bytes]] = []
+    out: list[tuple[bytes | None, bytes, int]] = []
     try:
         await consumer.topics()
         tps = [TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic) or ())]
@@ -79,7 +79,7 @@ async def _read(bootstrap: str, topic: str, idle: float) -> list[tuple[bytes | N
             batch = await consumer.getmany(*todo, timeout_ms=500, max_records=10_000)
             quiet = quiet + 0.5 if not batch else 0.0
             for tp, records in batch.items():
-                out.extend((r.key, r.value) for r in records if r.value is not None)
+                out.extend((r.key, r.value, r.timestamp) for r in records if r.value is not None)
                 if records and records[-1].offset + 1 >= ends[tp]:
                     todo.discard(tp)
         return out
@@ -92,4 +92,11 @@ def read_topic(
 ) -> Iterator[tuple[bytes | None, bytes]]:
     """Every record of ``topic`` from the start to its current end (or until ``idle``
     seconds bring nothing)."""
-    return iter(asyncio.run(_read(bootstrap, topic, idle)))
+    return iter([(k, v) for k, v, _ in asyncio.run(_read(bootstrap, topic, idle))])
+
+
+def read_records(
+    bootstrap: str, topic: str, idle: float = 3.0
+) -> list[tuple[bytes | None, bytes, int]]:
+    """Like :func:`read_topic`, with each record's timestamp (ms since the epoch)."""
+    return asyncio.run(_read(bootstrap, topic, idle))

@@ -40,7 +40,7 @@ import numpy as np
 import orjson
 
 from features import CustomerState, InvalidEventError
-from features.events import decode
+from features.events import ManagerReassigned, decode
 from serving import LiveModel, RulePolicy, champion_version, load_live_model
 from serving import score_states as _score_states
 from serving._policy import AlertMemory, load_policy
@@ -62,6 +62,7 @@ class WorkerConfig:
     dlq_topic: str = "bank.events.dlq"
     scores_topic: str = "customer.scores"
     alerts_topic: str = "manager.alerts"
+    actions_topic: str = "manager.actions"
     tracking_uri: str = ""
     model_name: str = "churn-engine"
     model_alias: str = "champion"
@@ -218,9 +219,12 @@ def build_app(cfg: WorkerConfig, policy: RulePolicy | None = None) -> tuple[Any,
     """The faust app with its topics, table, agent, model timer and stats page."""
     import faust
 
+    from stream._transport import SCHEME
+
     app = faust.App(
         cfg.app_id,
-        broker=cfg.broker_url,
+        # faust's Kafka transport with a short fetch wait (see stream._transport)
+        broker=cfg.broker_url.replace("kafka://", f"{SCHEME}://", 1),
         store=cfg.store,
         topic_partitions=cfg.partitions,
         topic_replication_factor=1,
@@ -237,9 +241,15 @@ def build_app(cfg: WorkerConfig, policy: RulePolicy | None = None) -> tuple[Any,
     runtime = Runtime(cfg, policy)
     # internal=True: faust creates missing topics with our partition count (a broker's
     # auto-creation would pick its own default, and the table must match the source)
-    events, dlq, scores, alerts = (
+    events, dlq, scores, alerts, actions = (
         app.topic(name, partitions=cfg.partitions, internal=True)
-        for name in (cfg.events_topic, cfg.dlq_topic, cfg.scores_topic, cfg.alerts_topic)
+        for name in (
+            cfg.events_topic,
+            cfg.dlq_topic,
+            cfg.scores_topic,
+            cfg.alerts_topic,
+            cfg.actions_topic,
+        )
     )
     table, memory_table = (
         app.Table(name, partitions=cfg.partitions, key_type=bytes, value_type=bytes)
@@ -296,9 +306,26 @@ def build_app(cfg: WorkerConfig, policy: RulePolicy | None = None) -> tuple[Any,
                 await dlq.send(key=key, value=dead_letter("too_late", detail, raw, msg))
                 continue
             counts[outcome] += 1
+            live = _headers(msg).get(BACKFILL_HEADER) != b"1"
+            if (
+                live
+                and outcome == "applied"
+                and isinstance(event, ManagerReassigned)
+                and state.manager_id == event.manager_id
+            ):
+                # the customer's open alert moves to the new manager (notifier, inbox)
+                move = {
+                    "action_id": f"reassign:{event.event_id}",
+                    "kind": "reassign",
+                    "customer_id": event.customer_id,
+                    "manager_id": event.manager_id,
+                    "by": "event-log",
+                    "at": event.occurred_at.isoformat(),
+                }
+                await actions.send(key=key, value=orjson.dumps(move))
             touched[key] = state
             source[key] = ev
-            if _headers(msg).get(BACKFILL_HEADER) != b"1":
+            if live:
                 to_score[key] = state
         for key, state in touched.items():
             blob = state.to_bytes()

@@ -148,6 +148,7 @@ def inbox(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Inbox]:
             yield Inbox(url, proc, bootstrap)
         finally:
             stop(proc)
+            log.close()
 
 
 def actions(bootstrap: str) -> list[dict[str, Any]]:
@@ -194,7 +195,8 @@ def test_a_manager_signs_in_acknowledges_and_records_an_outcome_in_chromium(
     from selenium import webdriver
     from selenium.webdriver.chrome.service import Service
     from selenium.webdriver.common.by import By
-    from selenium.webdriver.support.ui import Select
+    from selenium.webdriver.support import expected_conditions as expected
+    from selenium.webdriver.support.ui import Select, WebDriverWait
 
     opts = webdriver.ChromeOptions()
     opts.binary_location = shutil.which("chromium") or "/usr/bin/chromium"
@@ -221,14 +223,18 @@ def test_a_manager_signs_in_acknowledges_and_records_an_outcome_in_chromium(
         assert [r.get_attribute("data-customer") for r in rows] == ["C2", "C1"]
         assert "C3" not in driver.page_source
         assert "工资已停发34天" in driver.page_source
+        row = driver.find_element(By.ID, "alert-C1")
         driver.find_element(By.CSS_SELECTOR, "#alert-C1 button.ack").click()
+        WebDriverWait(driver, 10).until(expected.staleness_of(row))  # the page reloaded
         assert "acknowledged" in (
             driver.find_element(By.ID, "alert-C1").get_attribute("class") or ""
         )
         Select(driver.find_element(By.CSS_SELECTOR, "#alert-C2 select.outcome")).select_by_value(
             "retained"
         )
+        row = driver.find_element(By.ID, "alert-C2")
         driver.find_element(By.CSS_SELECTOR, "#alert-C2 button.record").click()
+        WebDriverWait(driver, 10).until(expected.staleness_of(row))
         assert not driver.find_elements(By.ID, "alert-C2")  # the case is closed
         shot = tmp_path / "inbox.png"
         driver.save_screenshot(str(shot))

@@ -113,6 +113,7 @@ class Running:
     def close(self) -> Any:
         self.loop.call_soon_threadsafe(self.stop.set)
         self.thread.join(60)
+        self.loop.close()
         return self.result
 
 
@@ -177,7 +178,7 @@ def test_digests_reach_each_manager_by_every_channel_once(broker: Broker) -> Non
             sent = digests(bootstrap)
             by = {d["recipient"]: [a["customer_id"] for a in d["alerts"]] for d in sent}
             assert by == {"M1": ["C2", "C1"], "M2": ["C3"], "branch:B7": ["C4"]}
-            wait_for(lambda: len(inbox.messages) >= 3)
+            wait_for(lambda: len(inbox.messages) >= 2)  # M1, M2: the branch queue has no address
             # a reassignment moves the open alert to the new manager
             produce(
                 bootstrap,
@@ -185,6 +186,7 @@ def test_digests_reach_each_manager_by_every_channel_once(broker: Broker) -> Non
                 [{"kind": "reassign", "customer_id": "C3", "manager_id": "M3"}],
             )
             wait_for(lambda: any(d["recipient"] == "M3" for d in digests(bootstrap)))
+            wait_for(lambda: len(inbox.messages) >= 3)
         finally:
             counts = first.close()
         assert counts.sent["topic"] == 4

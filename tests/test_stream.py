@@ -21,8 +21,9 @@ import polars as pl
 import pytest
 
 from features import CustomerState, clean_log, offline_features, scan_log
+from serving._notify import Notifier
 from simulator import SimConfig, truth_dir_for, write_parquet
-from stream import Broker, consumer_lag, load_replay, read_topic, replay
+from stream import Broker, consumer_lag, load_replay, read_records, read_topic, replay
 from tests.conftest import BIN, NOW, fast_config, free_port, stop
 from training import Store, load_bundle
 
@@ -280,6 +281,24 @@ def assert_alerts_are_routed_explained_and_cooled(bootstrap: str, log: Path) -> 
         assert a["action"]
         for rule in a["rules"]:
             fired.setdefault((a["customer_id"], rule), []).append(at)
+    # the notifier, folding alerts and the worker's reassignments in record order,
+    # holds each open alert for the customer's final manager (a reassignment moves it)
+    records = sorted(
+        [(ts, "a", json.loads(v)) for _, v, ts in read_records(bootstrap, "manager.alerts")]
+        + [(ts, "m", json.loads(v)) for _, v, ts in read_records(bootstrap, "manager.actions")],
+        key=lambda r: r[0],
+    )
+    notifier = Notifier()
+    for ts, kind, value in records:
+        at = datetime.fromtimestamp(ts / 1000, tz=UTC)
+        if kind == "a":
+            notifier.on_alert(value, at)
+        else:
+            notifier.on_action(value, at)
+    final = {cid: h[-1][1] for cid, h in history.items()}
+    for cid, item in notifier.open.items():
+        assert item.recipient == final[cid], (cid, item.recipient, final[cid])
+    assert any(kind == "m" for _, kind, _ in records)  # live reassignments were published
     # a customer alerts at most once per cooldown and rule
     for times in fired.values():
         times.sort()
