@@ -62,7 +62,9 @@ def _worker(cmd: list[str], env: dict[str, str], log: Path) -> subprocess.Popen[
         )
 
 
-def _pipeline_worker(broker: Broker, work: Path, name: str) -> tuple[subprocess.Popen[bytes], int]:
+def _pipeline_worker(
+    broker: Broker, work: Path, name: str, **env_extra: str
+) -> tuple[subprocess.Popen[bytes], int]:
     """A `churn worker` whose model store is the embedded one under ``work``; its own
     faust data directory (``work/<name>``) so that several can run side by side."""
     web = _free_port()
@@ -75,6 +77,7 @@ def _pipeline_worker(broker: Broker, work: Path, name: str) -> tuple[subprocess.
         "CHURN_KAFKA_URL": broker.url,
         "CHURN_WEB_PORT": str(web),
         "CHURN_DATA_DIR": str(own),
+        **env_extra,
     }
     cmd = [sys.executable, "-m", "churn", "worker", "--data-dir", str(own)]
     return _worker(cmd, env, work / f"{name}.log"), web
@@ -101,7 +104,9 @@ def _memory_per_100k(work: Path, customers: int) -> tuple[float, float, float]:
     frame = load_replay(log)
     with Broker(_free_port(), log=work / "broker-mem.log") as broker:
         bootstrap = broker.url.removeprefix("kafka://")
-        pipe, web = _pipeline_worker(broker, work, "worker-mem")
+        # no decoded-state cache: what each customer costs in the table itself (the
+        # cache adds at most CHURN_STATE_CACHE decoded states on top)
+        pipe, web = _pipeline_worker(broker, work, "worker-mem", CHURN_STATE_CACHE="0")
         try:
             _wait_model(web)
             before = _rss_mb(pipe.pid)
@@ -251,7 +256,8 @@ def main() -> int:
         print(
             f"Folding the 6-month history of {args.memory_customers:,} customers grew a worker from "
             f"{before:,.0f} MB to {after:,.0f} MB: **{per_100k:,.0f} MB per 100k customers** "
-            f"(memory store: the serialised states, plus at most {WorkerConfig().cache_size:,} decoded ones)."
+            f"(memory store, decoded-state cache off: the serialised states in the table; a worker "
+            f"adds at most CHURN_STATE_CACHE={WorkerConfig().cache_size:,} decoded states on top)."
         )
     return 0
 

@@ -49,7 +49,10 @@ class Settings(BaseSettings):
     )
     batch_size: int = Field(500, ge=1, le=100_000, description="most events in one micro-batch")
     batch_within: float = Field(
-        0.1, gt=0, le=60, description="seconds a micro-batch waits to fill (latency bound)"
+        0.05, gt=0, le=60, description="seconds a micro-batch waits to fill (latency bound)"
+    )
+    state_cache: int = Field(
+        5000, ge=0, le=10_000_000, description="decoded customer states kept in worker memory"
     )
 
     @classmethod

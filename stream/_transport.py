@@ -19,7 +19,7 @@ from faust.transport.drivers import aiokafka as _faust_aiokafka
 
 __all__ = ["FETCH_MAX_WAIT_MS", "SCHEME", "Transport"]
 
-FETCH_MAX_WAIT_MS = 100
+FETCH_MAX_WAIT_MS = 50
 SCHEME = "churnkafka"
 
 

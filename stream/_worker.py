@@ -30,7 +30,7 @@ import base64
 import logging
 import time
 import weakref
-from collections import Counter, OrderedDict
+from collections import Counter, OrderedDict, deque
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -68,8 +68,8 @@ class WorkerConfig:
     model_alias: str = "champion"
     model_poll_seconds: float = 30.0
     batch_size: int = 500
-    batch_within: float = 0.1
-    cache_size: int = 20_000  # decoded customer states kept in memory
+    batch_within: float = 0.05
+    cache_size: int = 5_000  # decoded customer states kept in memory
     alert_policy: str = ""  # a YAML file; empty: the default policy
     web_port: int = 6066
     data_dir: str = "data/worker"
@@ -91,6 +91,7 @@ class Runtime:
     reloads: int = 0
     warned_no_model: bool = False
     reload_failures: int = 0
+    batches: deque[tuple[int, float, float]] = field(default_factory=lambda: deque(maxlen=1000))
     model_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     refresh_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
 
@@ -103,6 +104,22 @@ class Runtime:
             "reload_failures": self.reload_failures,
             "alerts_suppressed": dict(self.policy.suppressed),
             "uptime_seconds": round(time.monotonic() - self.started, 1),
+            "batches": self.batch_summary(),
+        }
+
+    def batch_summary(self) -> dict[str, float]:
+        """The last 1,000 micro-batches: size, the age of their oldest record when
+        taken (wait in the broker and the consumer), and the time to process them."""
+        if not self.batches:
+            return {}
+        sizes, waits, took = (np.array(x, np.float64) for x in zip(*self.batches, strict=True))
+        return {
+            "n": float(len(sizes)),
+            "size_p50": float(np.median(sizes)),
+            "wait_ms_p50": round(float(np.percentile(waits, 50)), 1),
+            "wait_ms_p99": round(float(np.percentile(waits, 99)), 1),
+            "process_ms_p50": round(float(np.percentile(took, 50)), 1),
+            "process_ms_p99": round(float(np.percentile(took, 99)), 1),
         }
 
     def state_for(self, key: bytes, stored: bytes | None, customer_id: str) -> CustomerState:
@@ -373,7 +390,12 @@ def build_app(cfg: WorkerConfig, policy: RulePolicy | None = None) -> tuple[Any,
     @app.agent(events, name="fold-and-score")
     async def fold_and_score(stream: Any) -> None:
         async for batch in stream.take_events(cfg.batch_size, within=cfg.batch_within):
+            began = time.time()
+            oldest = min((ev.message.timestamp for ev in batch), default=began)
             await process(batch)
+            runtime.batches.append(
+                (len(batch), (began - oldest) * 1000, (time.time() - began) * 1000)
+            )
 
     @app.task  # type: ignore[untyped-decorator]
     async def first_model() -> None:
