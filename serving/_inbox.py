@@ -415,6 +415,9 @@ def build_inbox(
             return HTMLResponse(_page("Not found", "<p>Not in your inbox.</p>"), 404)
         if what == "acknowledge":
             await record(me, "acknowledge", customer_id)
+        elif what == "snooze":
+            until = clock() + timedelta(hours=24)
+            await record(me, "snooze", customer_id, until=until.isoformat())
         elif what == "outcome" and outcome in OUTCOMES:
             await record(me, "outcome", customer_id, outcome=outcome, note="")
         else:
@@ -523,6 +526,8 @@ def _inbox_html(me: str, rows: list[AlertOut]) -> str:
             f"<td><ul>{reasons}</ul></td><td>{html.escape(a.action_text)}</td><td>"
             f'<form method="post" action="/inbox/{cid}/acknowledge" class="inline">'
             f'<button class="ack" {"disabled" if a.acknowledged else ""}>Acknowledge</button></form>'
+            f'<form method="post" action="/inbox/{cid}/snooze" class="inline">'
+            f'<button class="snooze">Snooze 24h</button></form>'
             f'<form method="post" action="/inbox/{cid}/outcome" class="inline">'
             f'<select name="outcome" class="outcome">{options}</select>'
             f'<button class="record">Record outcome</button></form></td></tr>'

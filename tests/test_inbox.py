@@ -238,6 +238,7 @@ def test_a_manager_signs_in_acknowledges_and_records_an_outcome_in_chromium(
         assert not driver.find_elements(By.ID, "alert-C2")  # the case is closed
         shot = tmp_path / "inbox.png"
         driver.save_screenshot(str(shot))
+        assert shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
         assert shot.stat().st_size > 5000
         print(f"inbox screenshot: {shot}")
         driver.get(inbox.url + "/inbox/C3")

@@ -21,7 +21,7 @@ import polars as pl
 import pytest
 
 from features import CustomerState, clean_log, offline_features, scan_log
-from serving._notify import Notifier
+from serving._notify import Notifier, RoutingConfig
 from simulator import SimConfig, truth_dir_for, write_parquet
 from stream import Broker, consumer_lag, load_replay, read_records, read_topic, replay
 from tests.conftest import BIN, NOW, fast_config, free_port, stop
@@ -63,6 +63,7 @@ cooldown: 7d
 rules:
   - {name: high_risk, kind: churn_probability, threshold: 0.05, severity: high}
   - {name: turning_away, kind: lifecycle, to: [declining, dormant], severity: medium}
+  - {name: big_loss, kind: value_at_risk, min_minor: 100000, severity: critical}
 """
 
 
@@ -288,17 +289,44 @@ def assert_alerts_are_routed_explained_and_cooled(bootstrap: str, log: Path) -> 
         + [(ts, "m", json.loads(v)) for _, v, ts in read_records(bootstrap, "manager.actions")],
         key=lambda r: r[0],
     )
-    notifier = Notifier()
+    routing = RoutingConfig(
+        group_wait=timedelta(seconds=2), group_interval=timedelta(seconds=5), daily_cap=1000
+    )
+    notifier = Notifier(routing)
+    # one customer is silenced ("do not contact") before anything arrives
+    silenced = alerts[0]["customer_id"]
+    start = datetime.fromtimestamp(records[0][0] / 1000, tz=UTC)
+    until = (start + timedelta(days=1)).isoformat()
+    notifier.on_action(
+        {"kind": "silence", "scope": "customer", "target": silenced, "until": until}, start
+    )
+    digests = []
     for ts, kind, value in records:
         at = datetime.fromtimestamp(ts / 1000, tz=UTC)
+        digests += notifier.due(at)
         if kind == "a":
             notifier.on_alert(value, at)
         else:
             notifier.on_action(value, at)
+    digests += notifier.due(at + timedelta(minutes=1))
     final = {cid: h[-1][1] for cid, h in history.items()}
     for cid, item in notifier.open.items():
         assert item.recipient == final[cid], (cid, item.recipient, final[cid])
     assert any(kind == "m" for _, kind, _ in records)  # live reassignments were published
+    # digests: one recipient each, spaced by the group interval, the silenced customer never
+    assert digests
+    last: dict[str, datetime] = {}
+    for d in digests:
+        assert all((a["manager_id"] or f"branch:{a['branch_id']}") == d.recipient for a in d.alerts)
+        assert all(a["customer_id"] != silenced for a in d.alerts)
+        if d.recipient in last:
+            assert d.at - last[d.recipient] >= routing.group_interval
+        last[d.recipient] = d.at
+    assert notifier.suppressed["silenced"] >= 1
+    # inhibition: where the critical rule fired, the lower ones were held back
+    critical = [a for a in alerts if "big_loss" in a["rules"]]
+    assert critical
+    assert all(a["rules"] == ["big_loss"] and a["severity"] == "critical" for a in critical)
     # a customer alerts at most once per cooldown and rule
     for times in fired.values():
         times.sort()
