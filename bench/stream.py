@@ -25,7 +25,15 @@ from bench.run import _machine
 from features import build_training_set, scan_log
 from features.events import decode
 from simulator import SimConfig, write_parquet
-from stream import Broker, WorkerConfig, consumer_lag, load_replay, replay, stop_group
+from stream import (
+    Broker,
+    WorkerConfig,
+    consumer_lag,
+    load_replay,
+    read_records,
+    replay,
+    stop_group,
+)
 from training import Store, TrainConfig, promote, register, train_models
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -288,7 +296,7 @@ def _latencies(bootstrap: str, topic: str = "customer.scores") -> list[float]:
     """ms from an event's produce time to the emission of the score (or alert) at its
     time."""
     sent: dict[tuple[str, int], float] = {}
-    for _, value, ts in _records(bootstrap, "bank.events"):
+    for _, value, ts in read_records(bootstrap, "bank.events"):
         try:
             ev = decode(value)
         except Exception:  # noqa: S112 - malformed records have no score
@@ -296,39 +304,12 @@ def _latencies(bootstrap: str, topic: str = "customer.scores") -> list[float]:
         key = (ev.customer_id, int(ev.occurred_at.timestamp() * 1e6))
         sent.setdefault(key, ts)
     out = []
-    for _, value, ts in _records(bootstrap, topic):
+    for _, value, ts in read_records(bootstrap, topic):
         s = json.loads(value)
         key = (s["customer_id"], int(datetime.fromisoformat(s["as_of"]).timestamp() * 1e6))
         if key in sent:
             out.append(ts - sent[key])
     return out
-
-
-def _records(bootstrap: str, topic: str) -> list[tuple[bytes | None, bytes, float]]:
-    import asyncio
-
-    from aiokafka import AIOKafkaConsumer
-
-    async def run() -> list[tuple[bytes | None, bytes, float]]:
-        c = AIOKafkaConsumer(
-            topic,
-            bootstrap_servers=bootstrap,
-            auto_offset_reset="earliest",
-            enable_auto_commit=False,
-        )
-        await c.start()
-        out = []
-        try:
-            while True:
-                batch = await c.getmany(timeout_ms=5000, max_records=10000)
-                if not batch:
-                    return out
-                for recs in batch.values():
-                    out.extend((r.key, r.value, float(r.timestamp)) for r in recs)
-        finally:
-            await c.stop()
-
-    return asyncio.run(run())
 
 
 if __name__ == "__main__":

@@ -518,6 +518,7 @@ def worker_config(settings: Settings, data_dir: Path, web_port: int | None = Non
         batch_size=settings.batch_size,
         batch_within=settings.batch_within,
         cache_size=settings.state_cache,
+        fetch_wait_ms=settings.fetch_wait_ms,
         web_port=web_port or settings.web_port,
         data_dir=str(data_dir / "worker"),
     )

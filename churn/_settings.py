@@ -51,6 +51,9 @@ class Settings(BaseSettings):
     batch_within: float = Field(
         0.05, gt=0, le=60, description="seconds a micro-batch waits to fill (latency bound)"
     )
+    fetch_wait_ms: int = Field(
+        1500, ge=10, le=60_000, description="longest wait of a worker's fetch (ms)"
+    )
     state_cache: int = Field(
         5000, ge=0, le=10_000_000, description="decoded customer states kept in worker memory"
     )

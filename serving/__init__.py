@@ -2,11 +2,9 @@
 
 from serving._alerts import (
     Alert,
-    AlertPolicy,
     ExplainedAlert,
     ReasonText,
     RulePolicy,
-    ThresholdPolicy,
 )
 from serving._model import Bundle, LiveModel, champion_version, load_live_model, score_states
 from serving._policy import DEFAULT_POLICY, AlertMemory, PolicyConfig, load_policy, parse_policy
@@ -27,7 +25,6 @@ __all__ = [
     "VALUE_TIERS",
     "Alert",
     "AlertMemory",
-    "AlertPolicy",
     "Bundle",
     "ExplainedAlert",
     "LiveModel",
@@ -35,7 +32,6 @@ __all__ = [
     "ReasonText",
     "RulePolicy",
     "Score",
-    "ThresholdPolicy",
     "champion_version",
     "explain",
     "lifecycle_stage",

@@ -1,8 +1,8 @@
-"""The alert policy interface, and the simple threshold rule used until the full policy.
+"""Alerts: the record on ``manager.alerts``, and the rule policy that raises them.
 
-A policy sees each new score with the customer's features and returns the alerts to
-raise (possibly none). Policies are pure: same inputs, same alerts, so alerts can be
-rebuilt by replaying the log.
+:class:`RulePolicy` sees each micro-batch of scores with the customers' features and
+rule memories and returns the alerts to raise, with reasons and an action. It is
+pure: same inputs, same alerts, so alerts can be rebuilt by replaying the log.
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ import math
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
-from typing import Final, Protocol
+from typing import Final
 
 from serving._policy import AlertMemory, Hit, PolicyConfig, evaluate_rules
 from serving._reasons import explain
@@ -19,11 +19,9 @@ from serving._scores import Score
 
 __all__ = [
     "Alert",
-    "AlertPolicy",
     "ExplainedAlert",
     "ReasonText",
     "RulePolicy",
-    "ThresholdPolicy",
     "segment_of",
 ]
 
@@ -44,44 +42,6 @@ class Alert:
     value_at_risk_minor: float
     message: str
     model_version: str
-
-
-class AlertPolicy(Protocol):
-    def evaluate(self, score: Score, features: Mapping[str, float]) -> Sequence[Alert]: ...
-
-
-@dataclass(frozen=True, slots=True)
-class ThresholdPolicy:
-    """Alert when the churn probability reaches ``threshold`` and the value is positive.
-
-    Customers with zero or negative predicted value get no retention alert.
-    """
-
-    threshold: float = 0.5
-
-    def evaluate(self, score: Score, features: Mapping[str, float]) -> Sequence[Alert]:
-        if score.churn_probability < self.threshold or score.predicted_value_minor <= 0:
-            return ()
-        at_risk = score.churn_probability * score.predicted_value_minor
-        return (
-            Alert(
-                alert_id=f"{score.customer_id}:churn_threshold:{score.as_of}",
-                customer_id=score.customer_id,
-                manager_id=score.manager_id,
-                branch_id=score.branch_id,
-                rule="churn_threshold",
-                severity="high",
-                as_of=score.as_of,
-                churn_probability=score.churn_probability,
-                predicted_value_minor=score.predicted_value_minor,
-                value_at_risk_minor=at_risk,
-                message=(
-                    f"churn risk {score.churn_probability:.0%}, "
-                    f"{score.value_tier} customer, value at risk {at_risk / 100:,.0f}"
-                ),
-                model_version=score.model_version,
-            ),
-        )
 
 
 # ------------------------------------------------------------------ the rule policy

@@ -190,7 +190,11 @@ async def run_notifier(
             await consumer.seek_to_beginning(*tps)
         backlog: list[tuple[int, str, dict[str, Any]]] = []
         pending = {tp for tp in tps if ends[tp] > 0}
+        deadline = asyncio.get_running_loop().time() + 120
         while pending:
+            if asyncio.get_running_loop().time() > deadline:
+                # folding less than there is would send old digests again: stop here
+                raise RuntimeError(f"could not read {sorted(map(str, pending))} to their end")
             batch = await consumer.getmany(*pending, timeout_ms=1000)
             for tp, records in batch.items():
                 for r in records:
@@ -199,8 +203,6 @@ async def run_notifier(
                 if records and records[-1].offset + 1 >= ends[tp]:
                     pending.discard(tp)
                     consumer.pause(tp)
-            if not batch:
-                break
         backlog.sort(key=lambda x: x[0])
         for ts, topic, value in backlog:
             _fold(notifier, topic, value, _at(ts))

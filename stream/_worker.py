@@ -69,6 +69,7 @@ class WorkerConfig:
     model_poll_seconds: float = 30.0
     batch_size: int = 500
     batch_within: float = 0.05
+    fetch_wait_ms: int = 1500  # longest wait of a fetch (see stream._transport)
     cache_size: int = 5_000  # decoded customer states kept in memory
     alert_policy: str = ""  # a YAML file; empty: the default policy
     web_port: int = 6066
@@ -236,8 +237,9 @@ def build_app(cfg: WorkerConfig, policy: RulePolicy | None = None) -> tuple[Any,
     """The faust app with its topics, table, agent, model timer and stats page."""
     import faust
 
-    from stream._transport import SCHEME
+    from stream._transport import SCHEME, set_fetch_wait
 
+    set_fetch_wait(cfg.fetch_wait_ms)
     app = faust.App(
         cfg.app_id,
         # faust's Kafka transport with a short fetch wait (see stream._transport)

@@ -12,7 +12,7 @@ import urllib.request
 from collections.abc import Iterator
 from datetime import UTC, date, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import polars as pl
 import pytest
@@ -129,3 +129,22 @@ def champion_dir(train_set: pl.DataFrame, tmp_path_factory: pytest.TempPathFacto
     assert promote(store, who="fixture", now=NOW).promoted
     train_set.write_parquet(root / "train.parquet")
     return root
+
+
+def produce_json(bootstrap: str, topic: str, records: list[dict[str, Any]]) -> None:
+    """Send each record as JSON, keyed by its customer id (tests of the alert topics)."""
+    import asyncio
+    import json
+
+    from aiokafka import AIOKafkaProducer
+
+    async def run() -> None:
+        p = AIOKafkaProducer(bootstrap_servers=bootstrap)
+        await p.start()
+        try:
+            for r in records:
+                await p.send_and_wait(topic, json.dumps(r).encode(), key=r["customer_id"].encode())
+        finally:
+            await p.stop()
+
+    asyncio.run(run())

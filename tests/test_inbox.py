@@ -4,7 +4,6 @@ Chromium for the pages, and schemathesis against the OpenAPI spec."""
 
 from __future__ import annotations
 
-import asyncio
 import json
 import os
 import shutil
@@ -22,26 +21,11 @@ import pytest
 from serving._inbox import hash_token
 from serving._outbox import ACTIONS_TOPIC, ALERTS_TOPIC
 from stream import Broker, read_topic
-from tests.conftest import BIN, free_port, stop
+from tests.conftest import BIN, free_port, produce_json, stop
 
 pytestmark = pytest.mark.integration
 
 TOKENS = {"M1": "token-of-m1", "M2": "token-of-m2", "L1": "token-of-lead"}
-
-
-def produce(bootstrap: str, topic: str, records: list[dict[str, Any]]) -> None:
-    from aiokafka import AIOKafkaProducer
-
-    async def run() -> None:
-        p = AIOKafkaProducer(bootstrap_servers=bootstrap)
-        await p.start()
-        try:
-            for r in records:
-                await p.send_and_wait(topic, json.dumps(r).encode(), key=r["customer_id"].encode())
-        finally:
-            await p.stop()
-
-    asyncio.run(run())
 
 
 def alert(customer: str, manager: str, var: float) -> dict[str, Any]:
@@ -92,12 +76,12 @@ def inbox(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Inbox]:
     work = tmp_path_factory.mktemp("inbox")
     with Broker(free_port(), log=work / "broker.log") as broker:
         bootstrap = broker.url.removeprefix("kafka://")
-        produce(
+        produce_json(
             bootstrap,
             ALERTS_TOPIC,
             [alert("C1", "M1", 300_000), alert("C2", "M1", 900_000), alert("C3", "M2", 500_000)],
         )
-        produce(
+        produce_json(
             bootstrap,
             "customer.scores",
             [

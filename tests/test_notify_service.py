@@ -32,7 +32,7 @@ from serving._outbox import (
     run_notifier,
 )
 from stream import Broker, read_topic
-from tests.conftest import free_port
+from tests.conftest import free_port, produce_json
 from tests.test_delivery import SECRET, Inbox, Receiver
 
 pytestmark = pytest.mark.integration
@@ -42,21 +42,6 @@ pytestmark = pytest.mark.integration
 def broker(tmp_path: Path) -> Iterator[Broker]:
     with Broker(free_port(), log=tmp_path / "broker.log") as b:
         yield b
-
-
-def produce(bootstrap: str, topic: str, records: list[dict[str, Any]]) -> None:
-    from aiokafka import AIOKafkaProducer
-
-    async def run() -> None:
-        p = AIOKafkaProducer(bootstrap_servers=bootstrap)
-        await p.start()
-        try:
-            for r in records:
-                await p.send_and_wait(topic, json.dumps(r).encode(), key=r["customer_id"].encode())
-        finally:
-            await p.stop()
-
-    asyncio.run(run())
 
 
 def alert(customer: str, manager: str | None, var: float) -> dict[str, Any]:
@@ -162,7 +147,7 @@ def test_digests_reach_each_manager_by_every_channel_once(broker: Broker) -> Non
         tick=0.5,
     )
     try:
-        produce(
+        produce_json(
             bootstrap,
             ALERTS_TOPIC,
             [
@@ -180,7 +165,7 @@ def test_digests_reach_each_manager_by_every_channel_once(broker: Broker) -> Non
             assert by == {"M1": ["C2", "C1"], "M2": ["C3"], "branch:B7": ["C4"]}
             wait_for(lambda: len(inbox.messages) >= 2)  # M1, M2: the branch queue has no address
             # a reassignment moves the open alert to the new manager
-            produce(
+            produce_json(
                 bootstrap,
                 ACTIONS_TOPIC,
                 [{"kind": "reassign", "customer_id": "C3", "manager_id": "M3"}],
@@ -227,7 +212,7 @@ def test_an_undeliverable_digest_goes_to_the_dead_letter_topic(broker: Broker) -
         ),
         tick=0.5,
     )
-    produce(bootstrap, ALERTS_TOPIC, [alert("C1", "M1", 500)])
+    produce_json(bootstrap, ALERTS_TOPIC, [alert("C1", "M1", 500)])
     run = Running(cfg)
     try:
         wait_for(lambda: len(digests(bootstrap, DIGESTS_DLQ)) >= 1)
