@@ -177,9 +177,9 @@ def test_a_manager_signs_in_acknowledges_and_records_an_outcome_in_chromium(
     inbox: Inbox, tmp_path: Path
 ) -> None:
     from selenium import webdriver
+    from selenium.common.exceptions import WebDriverException
     from selenium.webdriver.chrome.service import Service
     from selenium.webdriver.common.by import By
-    from selenium.webdriver.support import expected_conditions as expected
     from selenium.webdriver.support.ui import Select, WebDriverWait
 
     opts = webdriver.ChromeOptions()
@@ -207,19 +207,20 @@ def test_a_manager_signs_in_acknowledges_and_records_an_outcome_in_chromium(
         assert [r.get_attribute("data-customer") for r in rows] == ["C2", "C1"]
         assert "C3" not in driver.page_source
         assert "工资已停发34天" in driver.page_source
-        row = driver.find_element(By.ID, "alert-C1")
+        # each action posts a form and the page comes back: wait for the new page's
+        # state (Chrome may report the old page's nodes as detached meanwhile)
+        wait = WebDriverWait(driver, 10, ignored_exceptions=(WebDriverException,))
         driver.find_element(By.CSS_SELECTOR, "#alert-C1 button.ack").click()
-        WebDriverWait(driver, 10).until(expected.staleness_of(row))  # the page reloaded
-        assert "acknowledged" in (
-            driver.find_element(By.ID, "alert-C1").get_attribute("class") or ""
+        wait.until(
+            lambda d: (
+                "acknowledged" in (d.find_element(By.ID, "alert-C1").get_attribute("class") or "")
+            )
         )
         Select(driver.find_element(By.CSS_SELECTOR, "#alert-C2 select.outcome")).select_by_value(
             "retained"
         )
-        row = driver.find_element(By.ID, "alert-C2")
         driver.find_element(By.CSS_SELECTOR, "#alert-C2 button.record").click()
-        WebDriverWait(driver, 10).until(expected.staleness_of(row))
-        assert not driver.find_elements(By.ID, "alert-C2")  # the case is closed
+        wait.until(lambda d: not d.find_elements(By.ID, "alert-C2"))  # the case is closed
         shot = tmp_path / "inbox.png"
         driver.save_screenshot(str(shot))
         assert shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
