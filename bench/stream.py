@@ -144,6 +144,11 @@ def main() -> int:
         default=None,
         help="skip the throughput runs; measure latency at half this rate (records/s)",
     )
+    parser.add_argument(
+        "--overhead",
+        action="store_true",
+        help="only the cost of monitoring: the pipeline with CHURN_MONITORING on vs off",
+    )
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="bench-stream-"))
     # a champion model, trained quickly
@@ -155,7 +160,11 @@ def main() -> int:
     register(
         store,
         train_models(
-            ts, __import__("features").LabelConfig(), TrainConfig(max_rounds=300), now=now
+            ts,
+            __import__("features").LabelConfig(),
+            TrainConfig(max_rounds=300),
+            events=scan_log(bank),  # the drift reference at events, as the worker scores
+            now=now,
         ),
     )
     promote(store, who="bench", now=now)
@@ -163,6 +172,8 @@ def main() -> int:
     write_parquet(SimConfig(customers=args.customers, months=12, seed=5), log, workers=1)
     frame = load_replay(log)
     total = frame.height
+    if args.overhead:
+        return _monitoring_overhead(work, frame, args.runs, args.customers)
     ratios, pipes, noops, rss, twos = [], [], [], [], []  # type: ignore[var-annotated]
     for run in range(0 if args.capacity else args.runs):
         with Broker(_free_port(), log=work / f"broker{run}.log") as broker:
@@ -267,6 +278,39 @@ def main() -> int:
             f"(memory store, decoded-state cache off: the serialised states in the table; a worker "
             f"adds at most CHURN_STATE_CACHE={WorkerConfig().cache_size:,} decoded states on top)."
         )
+    return 0
+
+
+def _monitoring_overhead(work: Path, frame: Any, runs: int, customers: int) -> int:
+    """Pipeline throughput with monitoring (histograms, drift window) on and off, each
+    on a fresh broker holding the same records; the order alternates between runs."""
+    total = frame.height
+    rates: dict[str, list[float]] = {"on": [], "off": []}
+    for run in range(runs):
+        for mode in ("on", "off") if run % 2 == 0 else ("off", "on"):
+            with Broker(_free_port(), log=work / f"broker-{mode}{run}.log") as broker:
+                bootstrap = broker.url.removeprefix("kafka://")
+                replay(bootstrap, "bank.events", frame)
+                flag = "true" if mode == "on" else "false"
+                pipe, _ = _pipeline_worker(broker, work, f"mon-{mode}{run}", CHURN_MONITORING=flag)
+                try:
+                    rates[mode].append(_consume_rate(bootstrap, "churn-engine", total))
+                finally:
+                    stop_group(pipe)
+        print(
+            f"run {run + 1}: monitoring on {rates['on'][-1]:,.0f}/s, off {rates['off'][-1]:,.0f}/s",
+            file=sys.stderr,
+        )
+    on, off = statistics.median(rates["on"]), statistics.median(rates["off"])
+    print(f"\n## Monitoring overhead (`python -m bench.stream {' '.join(sys.argv[1:])}`)\n")
+    print(f"{_machine()}; {datetime.now(UTC).date()}; broker: Tansu 0.6 (memory), one worker.\n")
+    print(f"Log: {total:,} records ({customers} customers x 12 months), all scored.\n")
+    print("| run | monitoring on (records/s) | off (records/s) | on / off |")
+    print("|---|---|---|---|")
+    for i, (a, b) in enumerate(zip(rates["on"], rates["off"], strict=True), 1):
+        print(f"| {i} | {a:,.0f} | {b:,.0f} | {a / b:.3f} |")
+    print(f"| **median** | **{on:,.0f}** | **{off:,.0f}** | **{on / off:.3f}** |\n")
+    print(f"Overhead: **{(1 - on / off) * 100:.1f}%** of throughput (target <= 10%).")
     return 0
 
 

@@ -139,13 +139,37 @@ def run_live(cfg: DemoConfig) -> int:
             _follow(web_port, bootstrap, history.height + live.height, "live")
             seconds = time.monotonic() - began
             stats = _stats(web_port)
+            drift = _drift_report(web_port, cfg.data_dir / "drift-report.html")
         finally:
             stop_group(worker)
         scores = [json.loads(v) for _, v in read_topic(bootstrap, "customer.scores", idle=5)]
         alerts = [json.loads(v) for _, v in read_topic(bootstrap, "manager.alerts", idle=5)]
         lag = sum(consumer_lag(bootstrap, "churn-engine", "bank.events").values())
     _summary(stats, scores, alerts, live.height, seconds, lag, Store.resolve(cfg.data_dir))
+    if drift is not None:
+        score = next(d for d in drift["drift"] if d["column"] == "churn_probability")
+        worst = next(
+            d
+            for d in drift["drift"]
+            if d["column"] not in ("churn_probability", "predicted_value_minor")
+        )
+        print(
+            f"  drift of the live window vs the training reference: churn probability PSI "
+            f"{score['psi']:.3f}; most drifted feature {worst['column']} PSI {worst['psi']:.3f}"
+            f" (report: {cfg.data_dir / 'drift-report.html'})"
+        )
     return 0
+
+
+def _drift_report(web_port: int, out: Path) -> dict[str, Any] | None:
+    """The worker's drift window as a page (None if it has none yet)."""
+    from monitoring._report import write_drift_report
+
+    try:
+        return write_drift_report([f"http://127.0.0.1:{web_port}"], out, now=datetime.now(UTC))
+    except (OSError, RuntimeError, ValueError) as exc:
+        print(f"  (no drift report: {exc})")
+        return None
 
 
 def _progress(web_port: int, bootstrap: str, began: float, base: int) -> None:
@@ -217,4 +241,7 @@ def _summary(
         print(f"  {manager}: {n}")
     print("\nwhere to look:")
     print(f"  models and runs: {store.describe()}")
-    print("  a worker's counters: http://127.0.0.1:6066/stats/ while `churn worker` runs")
+    print(
+        "  a worker's counters and metrics: http://127.0.0.1:6066/stats/ and /metrics "
+        "while `churn worker` runs (Prometheus rules and a Grafana dashboard: monitoring/)"
+    )

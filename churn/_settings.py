@@ -57,6 +57,15 @@ class Settings(BaseSettings):
     state_cache: int = Field(
         5000, ge=0, le=10_000_000, description="decoded customer states kept in worker memory"
     )
+    monitoring: bool = Field(
+        True, description="worker histograms and drift (false only to measure their cost)"
+    )
+    drift_window_days: float = Field(
+        7.0, gt=0, le=365, description="event time covered by the workers' drift window (days)"
+    )
+    notify_metrics_port: int = Field(
+        9108, ge=0, le=65535, description="/metrics port of churn notify (0: none)"
+    )
 
     @classmethod
     def from_environ(cls, environ: Mapping[str, str]) -> Settings:

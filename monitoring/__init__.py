@@ -1,3 +1,57 @@
-"""monitoring package (filled in by later issues)."""
+"""Monitoring: Prometheus metrics, score and feature drift, realised performance."""
 
-__all__: list[str] = []
+from monitoring._drift import (
+    PSI_RETRAIN,
+    PSI_WATCH,
+    ColumnDrift,
+    DriftWindow,
+    expected_shares,
+    ks_binned,
+    merge_snapshots,
+    psi,
+)
+from monitoring._metrics import (
+    CONTENT_TYPE,
+    LATENCY_BUCKETS,
+    NOTIFY_METRICS,
+    PROBABILITY_BUCKETS,
+    SERVE_METRICS,
+    STATE_BUCKETS,
+    VALUE_BUCKETS,
+    WORKER_METRICS,
+    BatchHistogram,
+    WorkerCollector,
+    WorkerView,
+    counter_family,
+    exposition,
+    gauge_family,
+    metric_names,
+    registry_of,
+)
+
+__all__ = [
+    "CONTENT_TYPE",
+    "LATENCY_BUCKETS",
+    "NOTIFY_METRICS",
+    "PROBABILITY_BUCKETS",
+    "PSI_RETRAIN",
+    "PSI_WATCH",
+    "SERVE_METRICS",
+    "STATE_BUCKETS",
+    "VALUE_BUCKETS",
+    "WORKER_METRICS",
+    "BatchHistogram",
+    "ColumnDrift",
+    "DriftWindow",
+    "WorkerCollector",
+    "WorkerView",
+    "counter_family",
+    "expected_shares",
+    "exposition",
+    "gauge_family",
+    "ks_binned",
+    "merge_snapshots",
+    "metric_names",
+    "psi",
+    "registry_of",
+]

@@ -6,7 +6,15 @@ from serving._alerts import (
     ReasonText,
     RulePolicy,
 )
-from serving._model import Bundle, LiveModel, champion_version, load_live_model, score_states
+from serving._model import (
+    Bundle,
+    LiveModel,
+    ScoredBatch,
+    champion_version,
+    load_live_model,
+    score_batch,
+    score_states,
+)
 from serving._policy import DEFAULT_POLICY, AlertMemory, PolicyConfig, load_policy, parse_policy
 from serving._reasons import DRIVERS, explain
 from serving._scores import (
@@ -32,6 +40,7 @@ __all__ = [
     "ReasonText",
     "RulePolicy",
     "Score",
+    "ScoredBatch",
     "champion_version",
     "explain",
     "lifecycle_stage",
@@ -39,6 +48,7 @@ __all__ = [
     "load_policy",
     "loyalty_score",
     "parse_policy",
+    "score_batch",
     "score_states",
     "value_tier",
 ]

@@ -23,6 +23,7 @@ import hmac
 import html
 import json
 import logging
+import time
 import uuid
 from collections import deque
 from collections.abc import AsyncIterator, Callable
@@ -32,8 +33,11 @@ from typing import Annotated, Any, Final, Literal
 
 from fastapi import Depends, FastAPI, Form, HTTPException, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
+from prometheus_client import CollectorRegistry, Gauge, Histogram
+from prometheus_client import Counter as PromCounter
 from pydantic import BaseModel, Field
 
+from monitoring import CONTENT_TYPE, LATENCY_BUCKETS, exposition
 from serving._actions import ACTION_TEXT
 from serving._notify import OUTCOMES, Notifier, RoutingConfig
 from serving._outbox import ACTIONS_TOPIC, ALERTS_TOPIC, ManagerDirectory
@@ -222,6 +226,44 @@ def build_inbox(
         lifespan=lifespan,
     )
 
+    # -------------------------------------------------------------- metrics
+    registry = CollectorRegistry(auto_describe=False)
+    requests = PromCounter(
+        "churn_inbox_requests",
+        "Requests to the inbox, by route and status",
+        ("route", "method", "status"),
+        registry=registry,
+    )
+    latency = Histogram(
+        "churn_inbox_request_seconds",
+        "Time to answer a request, by route",
+        ("route",),
+        buckets=LATENCY_BUCKETS,
+        registry=registry,
+    )
+    actions = PromCounter(
+        "churn_inbox_actions",
+        "Actions managers took (acknowledge, snooze, outcome, silence)",
+        ("kind",),
+        registry=registry,
+    )
+    open_alerts = Gauge("churn_inbox_alerts_open", "Open alerts in the inbox", registry=registry)
+    open_alerts.set_function(lambda: float(len(view.notifier.open)))
+
+    @app.middleware("http")
+    async def measure(request: Request, call_next: Callable[[Request], Any]) -> Response:
+        began = time.perf_counter()
+        response: Response = await call_next(request)
+        route = request.scope.get("route")
+        name = getattr(route, "path", "unmatched")  # the template: no ids in labels
+        requests.labels(name, request.method, str(response.status_code)).inc()
+        latency.labels(name).observe(time.perf_counter() - began)
+        return response
+
+    @app.get("/metrics", include_in_schema=False)
+    async def metrics() -> Response:
+        return Response(exposition(registry), media_type=CONTENT_TYPE)
+
     # -------------------------------------------------------------- identity
     def _cookie_value(manager: str, now: datetime) -> str:
         exp = int((now + timedelta(hours=12)).timestamp())
@@ -262,6 +304,7 @@ def build_inbox(
         key = (customer or manager).encode()
         await kafka.producer.send_and_wait(ACTIONS_TOPIC, json.dumps(event).encode(), key=key)
         view.fold(ACTIONS_TOPIC, event, now)
+        actions.labels(kind).inc()
         return ActionOut(
             action_id=event["action_id"],
             kind=kind,

@@ -22,7 +22,15 @@ from features._state import aggregates_many
 from features.errors import ModelNotFoundError
 from serving._scores import Score, lifecycle_stage, loyalty_score, value_tier
 
-__all__ = ["Bundle", "LiveModel", "champion_version", "load_live_model", "score_states"]
+__all__ = [
+    "Bundle",
+    "LiveModel",
+    "ScoredBatch",
+    "champion_version",
+    "load_live_model",
+    "score_batch",
+    "score_states",
+]
 
 logger = logging.getLogger(__name__)
 Array = npt.NDArray[np.float64]
@@ -96,12 +104,23 @@ def _iso(t_us: int) -> str:
     return datetime.fromtimestamp(t_us / 1e6, tz=UTC).isoformat()
 
 
-def score_states(
-    model: LiveModel, states: Sequence[CustomerState]
-) -> list[tuple[Score, dict[str, float]]]:
+@dataclass(frozen=True, slots=True)
+class ScoredBatch:
+    """Scores of a micro-batch with the arrays behind them (for metrics and drift)."""
+
+    pairs: list[tuple[Score, dict[str, float]]]
+    features: dict[str, Array]
+    churn: Array
+    value: Array
+    t_us: npt.NDArray[np.int64]
+
+
+def score_batch(model: LiveModel, states: Sequence[CustomerState]) -> ScoredBatch:
     """Score each state at its newest event time, with the features used."""
+    t_us = np.array([s.max_t or 0 for s in states], np.int64)
     if not states:
-        return []
+        empty = np.zeros(0)
+        return ScoredBatch([], {}, empty, empty, t_us)
     feats = feature_matrix(states)
     x = np.column_stack([feats[name] for name in model.bundle.features])
     churn, value = model.bundle.predict(x)
@@ -113,7 +132,7 @@ def score_states(
             (
                 Score(
                     customer_id=state.customer_id,
-                    as_of=_iso(state.max_t or 0),
+                    as_of=_iso(int(t_us[i])),
                     churn_probability=float(churn[i]),
                     predicted_value_minor=float(value[i]),
                     value_tier=value_tier(float(value[i]), edges),
@@ -126,4 +145,11 @@ def score_states(
                 f,
             )
         )
-    return out
+    return ScoredBatch(out, feats, np.asarray(churn), np.asarray(value), t_us)
+
+
+def score_states(
+    model: LiveModel, states: Sequence[CustomerState]
+) -> list[tuple[Score, dict[str, float]]]:
+    """Score each state at its newest event time, with the features used."""
+    return score_batch(model, states).pairs

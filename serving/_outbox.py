@@ -21,16 +21,19 @@ import asyncio
 import json
 import logging
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Final
 
 import yaml
+from prometheus_client.core import Metric
+from prometheus_client.registry import Collector
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from features.errors import ConfigError
+from monitoring import counter_family, gauge_family
 from serving._actions import digest_json
 from serving._delivery import EmailConfig, WebhookConfig, send_email, send_webhook
 from serving._notify import Digest, Notifier, RoutingConfig
@@ -41,7 +44,9 @@ __all__ = [
     "DIGESTS_DLQ",
     "DIGESTS_TOPIC",
     "ManagerDirectory",
+    "NotifyCollector",
     "NotifyConfig",
+    "NotifyCounters",
     "load_directory",
     "run_notifier",
 ]
@@ -100,9 +105,48 @@ class NotifyConfig:
 
 
 @dataclass
-class _Counters:
-    sent: Counter[str] = field(default_factory=Counter)  # by channel
+class NotifyCounters:
+    """What the notifier did, for ``/metrics`` (:class:`NotifyCollector`)."""
+
+    sent: Counter[str] = field(default_factory=Counter)  # digests, by channel
     failed: Counter[str] = field(default_factory=Counter)
+    alerts_delivered: int = 0
+    notifier: Notifier | None = None
+
+
+class NotifyCollector(Collector):
+    def __init__(self, counts: NotifyCounters) -> None:
+        self.counts = counts
+
+    def collect(self) -> Iterator[Metric]:
+        c = self.counts
+        yield counter_family(
+            "churn_digests_delivered",
+            "Digests delivered, by channel (topic, webhook, email)",
+            {(k,): n for k, n in c.sent.items()},
+            ("channel",),
+        )
+        yield counter_family(
+            "churn_digests_failed",
+            "Digests that failed after every retry (sent to manager.digests.dlq), by channel",
+            {(k,): n for k, n in c.failed.items()},
+            ("channel",),
+        )
+        yield counter_family(
+            "churn_alerts_delivered", "Alerts sent in digests", {(): c.alerts_delivered}
+        )
+        held = c.notifier.suppressed if c.notifier else {}
+        yield counter_family(
+            "churn_alerts_held",
+            "Alerts the notifier held back, by why (duplicate, silenced, inhibited, daily_cap...)",
+            {(k,): n for k, n in held.items()},
+            ("reason",),
+        )
+        yield gauge_family(
+            "churn_notify_alerts_open",
+            "Open (unacknowledged) alerts",
+            {(): float(len(c.notifier.open)) if c.notifier else 0.0},
+        )
 
 
 def _at(ts_ms: int) -> datetime:
@@ -118,13 +162,16 @@ def _fold(notifier: Notifier, topic: str, value: dict[str, Any], at: datetime) -
         notifier.on_digest(value, at)
 
 
-async def _deliver(cfg: NotifyConfig, producer: Any, digest: Digest, counts: _Counters) -> None:
+async def _deliver(
+    cfg: NotifyConfig, producer: Any, digest: Digest, counts: NotifyCounters
+) -> None:
     payload = digest_json(digest.recipient, digest.digest_id, digest.alerts, digest.overflow)
     payload["at"] = digest.at.isoformat()
     body = json.dumps(payload, ensure_ascii=False).encode()
     key = digest.recipient.encode()
     await producer.send_and_wait(DIGESTS_TOPIC, body, key=key)
     counts.sent["topic"] += 1
+    counts.alerts_delivered += len(digest.alerts)
     failures = []
     if cfg.webhook is not None:
         result = await asyncio.to_thread(send_webhook, cfg.webhook, payload, digest.digest_id)
@@ -159,7 +206,8 @@ async def run_notifier(
     clock: Callable[[], datetime] = lambda: datetime.now(UTC),
     stop: asyncio.Event | None = None,
     ready: asyncio.Event | None = None,
-) -> _Counters:
+    counts: NotifyCounters | None = None,
+) -> NotifyCounters:
     """Rebuild from the topics, then send due digests every ``tick`` until ``stop``."""
     from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
     from aiokafka.structs import TopicPartition
@@ -176,7 +224,9 @@ async def run_notifier(
     producer = AIOKafkaProducer(bootstrap_servers=cfg.bootstrap, acks="all")
     await consumer.start()
     await producer.start()
-    notifier, counts = Notifier(cfg.routing), _Counters()
+    notifier = Notifier(cfg.routing)
+    counts = counts or NotifyCounters()
+    counts.notifier = notifier
     try:
         await consumer.topics()
         tps = [

@@ -41,8 +41,20 @@ import orjson
 
 from features import CustomerState, InvalidEventError
 from features.events import ManagerReassigned, decode
-from serving import LiveModel, RulePolicy, champion_version, load_live_model
-from serving import score_states as _score_states
+from monitoring import (
+    CONTENT_TYPE,
+    LATENCY_BUCKETS,
+    PROBABILITY_BUCKETS,
+    STATE_BUCKETS,
+    VALUE_BUCKETS,
+    BatchHistogram,
+    DriftWindow,
+    WorkerCollector,
+    WorkerView,
+    exposition,
+    registry_of,
+)
+from serving import LiveModel, RulePolicy, champion_version, load_live_model, score_batch
 from serving._policy import AlertMemory, load_policy
 
 __all__ = ["BACKFILL_HEADER", "Runtime", "WorkerConfig", "build_app", "run_worker"]
@@ -50,6 +62,7 @@ __all__ = ["BACKFILL_HEADER", "Runtime", "WorkerConfig", "build_app", "run_worke
 logger = logging.getLogger(__name__)
 
 BACKFILL_HEADER = "churn-backfill"
+SCORE_COLUMNS = ("churn_probability", "predicted_value_minor")
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,6 +87,8 @@ class WorkerConfig:
     alert_policy: str = ""  # a YAML file; empty: the default policy
     web_port: int = 6066
     data_dir: str = "data/worker"
+    monitoring: bool = True  # histograms and drift (off only to measure their cost)
+    drift_window_days: float = 7.0  # event time covered by the drift window
 
 
 @dataclass
@@ -95,6 +110,52 @@ class Runtime:
     batches: deque[tuple[int, float, float]] = field(default_factory=lambda: deque(maxlen=1000))
     model_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     refresh_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    alerts_by_rule: Counter[tuple[str, str]] = field(default_factory=Counter)
+    drift: DriftWindow | None = None  # of the model in use (its reference)
+    last_event_us: int | None = None
+    last_processed: float | None = None  # wall clock, seconds
+    hist: dict[str, tuple[str, BatchHistogram]] = field(
+        default_factory=lambda: {
+            "churn_batch_processing_seconds": (
+                "Time to process one micro-batch (fold, store, score, alert)",
+                BatchHistogram(LATENCY_BUCKETS),
+            ),
+            "churn_event_latency_seconds": (
+                "From produce (record timestamp) to the end of its batch",
+                BatchHistogram(LATENCY_BUCKETS),
+            ),
+            "churn_scoring_seconds": (
+                "Time to score the customers of one micro-batch and evaluate their alerts",
+                BatchHistogram(LATENCY_BUCKETS),
+            ),
+            "churn_score_churn_probability": (
+                "Emitted churn probabilities",
+                BatchHistogram(PROBABILITY_BUCKETS),
+            ),
+            "churn_score_predicted_value_minor": (
+                "Emitted predicted 12-month values (minor units)",
+                BatchHistogram(VALUE_BUCKETS),
+            ),
+            "churn_state_bytes": (
+                "Size of each customer state written",
+                BatchHistogram(STATE_BUCKETS),
+            ),
+        }
+    )
+
+    def observe(self, name: str, values: Any) -> None:
+        if self.config.monitoring:
+            self.hist[name][1].observe_many(values)
+
+    def drift_rows(self) -> tuple[list[tuple[str, str, float, float]], int, int]:
+        window = self.drift
+        if window is None:
+            return [], 0, 0
+        rows = [
+            (d.column, "score" if d.column in SCORE_COLUMNS else "feature", d.psi, d.ks)
+            for d in window.drift()
+        ]
+        return rows, window.n, window.too_old
 
     def stats(self) -> dict[str, Any]:
         return {
@@ -139,6 +200,13 @@ class Runtime:
         while len(cache) > self.config.cache_size:
             cache.popitem(last=False)
 
+    def new_drift_window(self, model: LiveModel) -> DriftWindow | None:
+        reference = model.bundle.reference
+        if not self.config.monitoring or not reference:
+            return None
+        columns = [*SCORE_COLUMNS, *model.bundle.features]
+        return DriftWindow(reference, columns, window_days=self.config.drift_window_days)
+
     async def refresh_model(self) -> None:
         """Load the champion if the alias moved (in a thread: the loop keeps going)."""
         if self.refresh_lock.locked():
@@ -180,6 +248,7 @@ class Runtime:
             return
         async with self.model_lock:  # swapped between batches, never inside one
             self.model = model
+            self.drift = self.new_drift_window(model)
             if current is not None:
                 self.reloads += 1
         logger.info("model %s version %s in use (was %s)", cfg.model_name, version, current)
@@ -231,6 +300,32 @@ def consumer_state(app: Any, topic: str) -> dict[str, Any]:
     out["unacked"] = len(consumer._unacked_messages)
     out["agents"] = app.agents.human_tracebacks()
     return out
+
+
+def consumer_lag(app: Any, topic: str) -> dict[tuple[str, int], int]:
+    """Records not yet read per assigned partition of ``topic``: the high watermark
+    of the last fetch minus the next offset to read."""
+    consumer = app.consumer
+    out: dict[tuple[str, int], int] = {}
+    try:
+        assigned = [tp for tp in consumer.assignment() if tp.topic == topic]
+    except Exception:  # not started or mid-rebalance: nothing to say
+        return out
+    for tp in assigned:
+        high = consumer.highwater(tp)
+        if high is None:
+            continue
+        read = consumer._read_offset.get(tp)
+        nxt = read + 1 if read is not None else (consumer._committed_offset.get(tp) or 0)
+        out[(topic, tp.partition)] = max(0, int(high) - nxt)
+    return out
+
+
+def _table_size(table: Any) -> int | None:
+    try:
+        return len(table.data)
+    except Exception:
+        return None
 
 
 def build_app(cfg: WorkerConfig, policy: RulePolicy | None = None) -> tuple[Any, Runtime]:
@@ -346,10 +441,15 @@ def build_app(cfg: WorkerConfig, policy: RulePolicy | None = None) -> tuple[Any,
             source[key] = ev
             if live:
                 to_score[key] = state
+        sizes = []
         for key, state in touched.items():
             blob = state.to_bytes()
             await store(table, key, blob, source[key])
             runtime.remember(key, blob, state)
+            sizes.append(len(blob))
+            if state.max_t is not None and state.max_t > (runtime.last_event_us or 0):
+                runtime.last_event_us = state.max_t
+        runtime.observe("churn_state_bytes", sizes)
         if not to_score:
             return
         try:
@@ -368,7 +468,21 @@ def build_app(cfg: WorkerConfig, policy: RulePolicy | None = None) -> tuple[Any,
             if model is None:
                 counts["unscored"] += len(to_score)
                 return
-            scored = _score_states(model, list(to_score.values()))
+            began = time.perf_counter()
+            batch = score_batch(model, list(to_score.values()))
+            scored = batch.pairs
+            if runtime.config.monitoring:
+                runtime.observe("churn_score_churn_probability", batch.churn)
+                runtime.observe("churn_score_predicted_value_minor", batch.value)
+                if runtime.drift is not None:
+                    runtime.drift.add(
+                        batch.t_us,
+                        {
+                            **batch.features,
+                            "churn_probability": batch.churn,
+                            "predicted_value_minor": batch.value,
+                        },
+                    )
             keys = [score.customer_id.encode() for score, _ in scored]
             for key, (score, _) in zip(keys, scored, strict=True):
                 await scores.send(key=key, value=orjson.dumps(asdict(score)))
@@ -387,17 +501,22 @@ def build_app(cfg: WorkerConfig, policy: RulePolicy | None = None) -> tuple[Any,
             for alert in explained:
                 key = alert.alert.customer_id.encode()
                 await alerts.send(key=key, value=orjson.dumps(alert.to_dict()))
+                runtime.alerts_by_rule[(alert.alert.rule, alert.alert.severity)] += 1
             counts["alerts"] += len(explained)
+            runtime.observe("churn_scoring_seconds", [time.perf_counter() - began])
 
     @app.agent(events, name="fold-and-score")
     async def fold_and_score(stream: Any) -> None:
         async for batch in stream.take_events(cfg.batch_size, within=cfg.batch_within):
             began = time.time()
-            oldest = min((ev.message.timestamp for ev in batch), default=began)
+            stamps = np.fromiter((ev.message.timestamp for ev in batch), np.float64, len(batch))
+            oldest = float(stamps.min()) if len(batch) else began
             await process(batch)
-            runtime.batches.append(
-                (len(batch), (began - oldest) * 1000, (time.time() - began) * 1000)
-            )
+            done = time.time()
+            runtime.batches.append((len(batch), (began - oldest) * 1000, (done - began) * 1000))
+            runtime.last_processed = done
+            runtime.observe("churn_batch_processing_seconds", [done - began])
+            runtime.observe("churn_event_latency_seconds", done - stamps)
 
     @app.task  # type: ignore[untyped-decorator]
     async def first_model() -> None:
@@ -414,6 +533,40 @@ def build_app(cfg: WorkerConfig, policy: RulePolicy | None = None) -> tuple[Any,
     @app.page("/stats/")
     async def stats(web: Any, request: Any) -> Any:
         return web.json(runtime.stats())
+
+    view = WorkerView(
+        counts=counts,
+        dead=dead,
+        suppressed=runtime.policy.suppressed,
+        alerts_by_rule=runtime.alerts_by_rule,
+        model=lambda: (cfg.model_name, runtime.model.version) if runtime.model else None,
+        reloads=lambda: runtime.reloads,
+        reload_failures=lambda: runtime.reload_failures,
+        lag=lambda: consumer_lag(app, cfg.events_topic),
+        state_customers=lambda: _table_size(table),
+        drift=runtime.drift_rows,
+        last_event_s=lambda: runtime.last_event_us / 1e6 if runtime.last_event_us else None,
+        last_processed_s=lambda: runtime.last_processed,
+        histograms=runtime.hist if cfg.monitoring else {},
+    )
+    registry = registry_of(WorkerCollector(view))
+
+    @app.page("/metrics")
+    async def metrics(web: Any, request: Any) -> Any:
+        return web.bytes(exposition(registry), headers={"Content-Type": CONTENT_TYPE})
+
+    @app.page("/drift/")
+    async def drift(web: Any, request: Any) -> Any:
+        window = runtime.drift
+        if window is None:
+            return web.json({"columns": [], "model_version": None}, status=404)
+        try:
+            days = float(request.query.get("days") or 0)
+        except ValueError:
+            return web.json({"error": "days must be a number"}, status=400)
+        snap = window.snapshot(window.buckets_for(days) if days > 0 else None)
+        snap["model_version"] = runtime.model.version if runtime.model else None
+        return web.json(snap)
 
     @app.page("/debug/consumer/")
     async def consumer_debug(web: Any, request: Any) -> Any:

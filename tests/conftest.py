@@ -118,14 +118,18 @@ def train_set(bank: Path) -> pl.DataFrame:
 
 
 @pytest.fixture(scope="session")
-def champion_dir(train_set: pl.DataFrame, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A data dir whose embedded MLflow store has a champion (and its training set)."""
-    from features import LabelConfig
+def champion_dir(
+    bank: Path, train_set: pl.DataFrame, tmp_path_factory: pytest.TempPathFactory
+) -> Path:
+    """A data dir whose embedded MLflow store has a champion (and its training set);
+    its drift reference is taken at the bank's events, as the worker scores."""
+    from features import LabelConfig, scan_log
     from training import Store, promote, register, train_models
 
     root = tmp_path_factory.mktemp("champion")
     store = Store.resolve(root, environ={})
-    register(store, train_models(train_set, LabelConfig(), fast_config(), now=NOW))
+    model = train_models(train_set, LabelConfig(), fast_config(), events=scan_log(bank), now=NOW)
+    register(store, model)
     assert promote(store, who="fixture", now=NOW).promoted
     train_set.write_parquet(root / "train.parquet")
     return root

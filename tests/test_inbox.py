@@ -173,6 +173,27 @@ def test_api_actions_are_events_on_manager_actions(inbox: Inbox) -> None:
     assert inbox.call("GET", "/api/customers/C3", "M2")[1]["alert"]["snoozed_until"]
 
 
+def test_the_inbox_exports_its_metrics_without_customer_ids(inbox: Inbox) -> None:
+    from prometheus_client.parser import text_string_to_metric_families
+
+    from monitoring import SERVE_METRICS
+
+    assert inbox.call("POST", "/api/customers/C3/acknowledge", "M2")[0] == 200
+    with urllib.request.urlopen(inbox.url + "/metrics", timeout=10) as resp:
+        text = resp.read().decode()
+    families = {f.name: f for f in text_string_to_metric_families(text)}
+    exported = {n + "_total" if f.type == "counter" else n: f.type for n, f in families.items()}
+    assert set(SERVE_METRICS) <= set(exported)
+    acks = [
+        s for s in families["churn_inbox_actions"].samples if s.labels == {"kind": "acknowledge"}
+    ]
+    assert acks
+    assert acks[0].value >= 1
+    routes = {s.labels["route"] for s in families["churn_inbox_requests"].samples}
+    assert "/api/customers/{customer_id}/acknowledge" in routes
+    assert "C3" not in text
+
+
 def test_a_manager_signs_in_acknowledges_and_records_an_outcome_in_chromium(
     inbox: Inbox, tmp_path: Path
 ) -> None:
