@@ -3,6 +3,7 @@
 Imports none of the engine's other packages.
 """
 
+from features._availability import Availability, feature_availability
 from features._definitions import (
     AGGREGATES,
     FEATURES,
@@ -15,7 +16,9 @@ from features._definitions import (
     feature_fingerprint,
     finalize,
 )
+from features._import import REJECT_REASONS, ImportReport, import_events, row_ids
 from features._labels import CHURN_DEFINITIONS, LabelConfig, label_snapshots, trailing_value
+from features._mapping import ImportMapping, load_mapping
 from features._offline import clean_log, offline_aggregates, offline_features, scan_log
 from features._parallel import ordered_map
 from features._parity import ParityReport, check_parity
@@ -34,15 +37,19 @@ __all__ = [
     "CHURN_DEFINITIONS",
     "FEATURES",
     "FEATURES_BY_NAME",
+    "REJECT_REASONS",
     "SIGNALS",
     "STATE_VERSION",
     "WINDOWS",
     "Agg",
+    "Availability",
     "ChurnEngineError",
     "ConfigError",
     "CustomerState",
     "DataError",
     "Feature",
+    "ImportMapping",
+    "ImportReport",
     "InvalidEventError",
     "LabelConfig",
     "ModelNotFoundError",
@@ -53,12 +60,16 @@ __all__ = [
     "check_parity",
     "clean_log",
     "event_hash",
+    "feature_availability",
     "feature_fingerprint",
     "finalize",
+    "import_events",
     "label_snapshots",
+    "load_mapping",
     "offline_aggregates",
     "offline_features",
     "ordered_map",
+    "row_ids",
     "scan_log",
     "snapshot_dates",
     "to_us",

@@ -10,6 +10,7 @@ from datetime import UTC, date, datetime, timedelta
 
 import polars as pl
 
+from features._availability import Availability, feature_availability
 from features._definitions import FEATURES, feature_fingerprint
 from features._labels import LabelConfig, label_snapshots
 from features._offline import clean_log, needed_columns, offline_features
@@ -28,6 +29,7 @@ class TrainingSet:
     label_config: LabelConfig = field(default_factory=LabelConfig)
     fingerprint: str = ""
     seconds: float = 0.0
+    availability: Availability | None = None
 
     def format(self) -> str:
         f = self.frame
@@ -43,6 +45,15 @@ class TrainingSet:
             f"  value label (next {self.label_config.value_days} days) known for "
             f"{f['value_minor'].is_not_null().sum():,} rows",
         ]
+        if self.availability is not None and self.availability.unavailable:
+            lines.append(
+                f"  unavailable (null, no signal in the log): "
+                f"{len(self.availability.unavailable)} features"
+            )
+            lines += [
+                f"    {name:<30} {why}"
+                for name, why in sorted(self.availability.unavailable.items())
+            ]
         return "\n".join(lines)
 
 
@@ -152,4 +163,12 @@ def build_training_set(
             f"end the period by {last - timedelta(days=cfg.horizon_days)}"
         )
     frame = pl.concat(frames).sort("as_of", "customer_id")
-    return TrainingSet(frame, counts, cfg, feature_fingerprint(), time.perf_counter() - began)
+    # features the log cannot support at all are null, not zero: see features._availability
+    availability = feature_availability(log)
+    if availability.unavailable:
+        frame = frame.with_columns(
+            pl.lit(None, pl.Float64).alias(name) for name in availability.unavailable
+        )
+    return TrainingSet(
+        frame, counts, cfg, feature_fingerprint(), time.perf_counter() - began, availability
+    )
