@@ -9,7 +9,7 @@ DATA ?= data
 DEMO_CUSTOMERS ?= 20000
 DEMO_MONTHS ?= 24
 
-.PHONY: install demo test lint bench bench-stream bench-training schema clean
+.PHONY: install demo test lint bench bench-stream bench-training bench-import bench-monitoring schema clean
 
 install: $(STAMP)
 
@@ -23,11 +23,14 @@ $(STAMP): pyproject.toml requirements.lock
 demo: $(STAMP)
 	$(VENV)/bin/churn demo --customers $(DEMO_CUSTOMERS) --months $(DEMO_MONTHS) --data-dir $(DATA)
 
-# the browser for the inbox's end-to-end test (Debian's Chromium and ChromeDriver)
-SYSTEM_STAMP := $(VENV)/.system
+# real components of the end-to-end tests, from Debian: Chromium and ChromeDriver (the
+# inbox), Prometheus and promtool (monitoring: scraping, alert rules and their tests)
+SYSTEM_STAMP := $(VENV)/.system2
 $(SYSTEM_STAMP):
-	command -v chromedriver >/dev/null && command -v chromium >/dev/null || \
-	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver >/dev/null)
+	command -v chromedriver >/dev/null && command -v chromium >/dev/null && \
+	  command -v prometheus >/dev/null && command -v promtool >/dev/null || \
+	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
+	    chromium chromium-driver prometheus >/dev/null)
 	mkdir -p $(VENV) && touch $(SYSTEM_STAMP)
 
 test: lint $(SYSTEM_STAMP)
@@ -44,6 +47,12 @@ bench: $(STAMP)
 # sections appended to BENCHMARKS.md by hand from these (they print Markdown)
 bench-stream: $(STAMP)
 	$(PY) -m bench.stream --customers 600 --runs 3
+
+bench-monitoring: $(STAMP)
+	$(PY) -m bench.stream --customers 600 --runs 3 --overhead
+
+bench-import: $(STAMP)
+	$(PY) -m bench.importer --rows 10000000
 
 bench-training: $(STAMP)
 	$(PY) -m bench.training $(TRAIN_SET)

@@ -8,7 +8,7 @@ import logging
 import os
 import sys
 from collections.abc import Sequence
-from datetime import date
+from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -48,14 +48,22 @@ def _positive_int(text: str) -> int:
     return value
 
 
-def _rate(text: str) -> float:
+def _fraction(text: str, most: float) -> float:
     try:
         value = float(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-    if not 0.0 <= value <= 0.5:
-        raise argparse.ArgumentTypeError(f"expected 0.0..0.5, got {value}")
+    if not 0.0 <= value <= most:
+        raise argparse.ArgumentTypeError(f"expected 0.0..{most}, got {value}")
     return value
+
+
+def _share(text: str) -> float:
+    return _fraction(text, 1.0)
+
+
+def _rate(text: str) -> float:
+    return _fraction(text, 0.5)
 
 
 def _date(text: str) -> date:
@@ -95,12 +103,51 @@ def build_parser() -> argparse.ArgumentParser:
         help="share of records made dirty: duplicates, late, malformed, unknown types",
     )
     sim.add_argument(
+        "--shift",
+        type=_share,
+        default=0.0,
+        metavar="SHARE",
+        help="population shift: this share of customers disengages in the last --shift-days "
+        "(salaries redirected, balances drained to other banks, products closed, logins and "
+        "card use fading); to see drift monitoring at work",
+    )
+    sim.add_argument(
+        "--shift-days",
+        type=_positive_int,
+        default=30,
+        help="how long before the end the shift starts (default 30)",
+    )
+    sim.add_argument(
         "--workers", type=_positive_int, default=None, help="processes (default: cores)"
     )
 
     schema = sub.add_parser("schema", help="print or check the published JSON Schema of events")
     schema.add_argument("--out", type=Path, help="write it here instead of stdout")
     schema.add_argument("--check", type=Path, help="exit 1 if this file differs from the code")
+
+    imp = sub.add_parser(
+        "import", help="import bank extracts (CSV, fixed-width, Parquet, JSON lines) as events"
+    )
+    imp.add_argument(
+        "--source", required=True, help="extract file(s), comma-separated: FILE[,FILE...]"
+    )
+    imp.add_argument("--mapping", type=Path, required=True, help="mapping file (YAML)")
+    imp.add_argument("--out", type=Path, required=True, help="event log to write (.parquet)")
+    imp.add_argument(
+        "--rejects", type=Path, default=None, help="rejected rows (CSV; default <out>.rejects.csv)"
+    )
+    imp.add_argument(
+        "--max-reject-rate",
+        type=float,
+        default=0.01,
+        help="exit 1 when more than this share of rows is rejected (default 0.01)",
+    )
+    imp.add_argument(
+        "--to-kafka", action="store_true", help="then produce the events into bank.events"
+    )
+    imp.add_argument(
+        "--backfill", action="store_true", help="with --to-kafka: mark as history (not scored)"
+    )
 
     val = sub.add_parser("validate", help="validate every record of an event log")
     val.add_argument("--events", type=Path, required=True, help="event log (.parquet)")
@@ -196,6 +243,34 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub.add_parser("serve", help="the managers' inbox: web pages and JSON API (Ctrl-C stops)")
     sub.add_parser("token", help="make a new manager token and the hash for the managers file")
+    drift = sub.add_parser(
+        "drift-report", help="score and feature drift of the workers' live windows, as HTML"
+    )
+    drift.add_argument(
+        "--worker",
+        action="append",
+        metavar="URL",
+        help="a worker's web address (repeat for each; default http://127.0.0.1:$CHURN_WEB_PORT)",
+    )
+    drift.add_argument(
+        "--window", type=_days, default=None, help="only the newest days, e.g. 3d (default: all)"
+    )
+    drift.add_argument("--out", type=Path, default=Path("drift-report.html"))
+    live = sub.add_parser(
+        "evaluate-live", help="AUC, calibration and lift of emitted scores once churn matured"
+    )
+    live.add_argument("--events", type=Path, required=True, help="the event log (Parquet)")
+    live.add_argument(
+        "--scores",
+        type=Path,
+        default=None,
+        help="scores as JSON lines (default: read the customer.scores topic)",
+    )
+    _label_args(live)
+    live.add_argument("--out", type=Path, default=None, help="write the months as JSON")
+    live.add_argument(
+        "--prom", type=Path, default=None, help="write churn_live_* gauges (Prometheus text file)"
+    )
     pol = sub.add_parser("policy", help="the alert policy: print the default, check a file")
     psub = pol.add_subparsers(dest="policy_command", required=True)
     psub.add_parser("show", help="print the built-in default policy (a commented example)")
@@ -273,6 +348,8 @@ def _cmd_simulate(args: argparse.Namespace) -> int:
         seed=args.seed,
         start=args.start,
         dirty_rate=args.dirty_rate,
+        shift_share=args.shift,
+        shift_days=args.shift_days,
     )
     summary = write_parquet(cfg, args.out, _progress, args.workers)
     print(summary.format())
@@ -297,6 +374,42 @@ def _cmd_schema(args: argparse.Namespace) -> int:
         args.out.write_text(text, encoding="utf-8")
     else:
         sys.stdout.write(text)
+    return 0
+
+
+def _cmd_import(args: argparse.Namespace, settings: Settings) -> int:
+    from features import import_events, load_mapping
+
+    if not 0.0 <= args.max_reject_rate <= 1.0:
+        raise ConfigError("--max-reject-rate", args.max_reject_rate, "a share 0.0..1.0")
+    mapping = load_mapping(args.mapping)
+    if args.to_kafka and mapping.lacks_balance():
+        raise ConfigError(
+            "balance",
+            None,
+            "a balance column with --to-kafka: the published event schema requires "
+            "balance_minor on money events (without it, events are for training only)",
+        )
+    sources = [Path(p.strip()) for p in args.source.split(",") if p.strip()]
+    report = import_events(sources, mapping, args.out, args.rejects)
+    print(report.format())
+    if report.reject_rate > args.max_reject_rate:
+        print(
+            f"churn import: {report.reject_rate:.2%} of rows rejected, more than "
+            f"--max-reject-rate {args.max_reject_rate:.2%}",
+            file=sys.stderr,
+        )
+        return 1
+    if args.to_kafka:
+        from stream import load_replay, replay
+
+        frame = load_replay(args.out)
+        bootstrap = kafka_bootstrap(settings)
+        print(f"producing {frame.height:,} events into bank.events at {bootstrap} ...")
+        result = replay(
+            bootstrap, "bank.events", frame, None, args.backfill, partitions=settings.partitions
+        )
+        print(f"sent {result.sent:,} records in {result.seconds:.1f} s ({result.rate:,.0f}/s)")
     return 0
 
 
@@ -519,6 +632,8 @@ def worker_config(settings: Settings, data_dir: Path, web_port: int | None = Non
         batch_within=settings.batch_within,
         cache_size=settings.state_cache,
         fetch_wait_ms=settings.fetch_wait_ms,
+        monitoring=settings.monitoring,
+        drift_window_days=settings.drift_window_days,
         web_port=web_port or settings.web_port,
         data_dir=str(data_dir / "worker"),
     )
@@ -591,12 +706,53 @@ def notify_config(settings: Settings) -> Any:
     )
 
 
+def _cmd_drift_report(args: argparse.Namespace, settings: Settings) -> int:
+    from monitoring._report import write_drift_report
+
+    urls = args.worker or [f"http://127.0.0.1:{settings.web_port}"]
+    try:
+        merged = write_drift_report(urls, args.out, days=args.window, now=datetime.now(UTC))
+    except (OSError, RuntimeError, ValueError) as exc:
+        print(f"churn drift-report: {exc}", file=sys.stderr)
+        return 1
+    print(f"{'column':32} {'PSI':>7} {'KS':>6} {'n':>7}")
+    for d in merged["drift"][:12]:
+        print(f"{d['column']:32} {d['psi']:7.3f} {d['ks']:6.3f} {d['n']:7d}")
+    print(f"\nreport: {args.out}")
+    return 0
+
+
+def _cmd_evaluate_live(args: argparse.Namespace, settings: Settings) -> int:
+    from features import scan_log
+    from monitoring._live import evaluate_live, format_table, scores_frame, write_outputs
+
+    if args.scores is not None:
+        records = [line for line in args.scores.read_bytes().splitlines() if line.strip()]
+    else:
+        from stream import read_topic
+
+        records = [value for _, value in read_topic(kafka_bootstrap(settings), "customer.scores")]
+    rows = evaluate_live(scores_frame(records), scan_log(args.events), _labels(args))
+    print(format_table(rows))
+    write_outputs(rows, args.out, args.prom)
+    return 0
+
+
 def _cmd_notify(args: argparse.Namespace, settings: Settings) -> int:
     import asyncio
 
-    from serving._outbox import run_notifier
+    from serving._outbox import NotifyCollector, NotifyCounters, run_notifier
 
-    counts = asyncio.run(run_notifier(notify_config(settings)))
+    counts = NotifyCounters()
+    if settings.notify_metrics_port:
+        from prometheus_client import start_http_server
+
+        from monitoring import registry_of
+
+        registry = registry_of(NotifyCollector(counts))
+        start_http_server(settings.notify_metrics_port, "127.0.0.1", registry)
+        print(f"metrics on http://127.0.0.1:{settings.notify_metrics_port}/metrics")
+    counts = asyncio.run(run_notifier(notify_config(settings), counts=counts))
     print(f"sent {dict(counts.sent)}; failed {dict(counts.failed)}")
     return 0
 
@@ -690,6 +846,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             "notify": _cmd_notify,
             "serve": _cmd_serve,
             "replay": _cmd_replay,
+            "import": _cmd_import,
+            "drift-report": _cmd_drift_report,
+            "evaluate-live": _cmd_evaluate_live,
             "demo": _cmd_demo,
         }
         if args.command in with_settings:

@@ -21,7 +21,14 @@ import numpy as np
 import numpy.typing as npt
 import polars as pl
 
-from features import FEATURES, LabelConfig, clean_log, feature_fingerprint, trailing_value
+from features import (
+    FEATURES,
+    LabelConfig,
+    clean_log,
+    feature_fingerprint,
+    offline_features,
+    trailing_value,
+)
 from features.errors import ConfigError, DataError
 from training._bundle import Calibrator, ModelBundle, reference_distributions
 from training._metrics import classification_metrics, regression_metrics, roc_auc
@@ -185,6 +192,56 @@ def _fit(
     return model, best
 
 
+REFERENCE_DAYS = 30
+REFERENCE_SAMPLE = 20_000
+
+
+def event_time_columns(
+    events: pl.LazyFrame,
+    until: datetime,
+    bundle: ModelBundle,
+    *,
+    days: int = REFERENCE_DAYS,
+    sample: int = REFERENCE_SAMPLE,
+    seed: int = 7,
+) -> dict[str, npt.NDArray[np.float64]] | None:
+    """Features and both scores as the live scorer sees them: at customers' events.
+
+    The worker scores a customer at its newest event, so the population it watches
+    for drift is "customers at their events", not the month-end snapshots of the
+    training set (at an event, days since the last activity is 0; at a snapshot it
+    is anything). This takes the events of the ``days`` before ``until``, one per
+    customer and hour (a micro-batch scores a busy customer once), a sample of at
+    most ``sample`` of them, and computes their features offline and their scores.
+    """
+    log = clean_log(events)
+    start = until - timedelta(days=days)
+    pairs = (
+        log.filter((pl.col("occurred_at") > start) & (pl.col("occurred_at") <= until))
+        .select(
+            "customer_id",
+            pl.col("occurred_at")
+            .dt.convert_time_zone("UTC")
+            .dt.cast_time_unit("us")
+            .alias("as_of"),
+        )
+        .group_by("customer_id", pl.col("as_of").dt.truncate("1h").alias("hour"))
+        .agg(pl.col("as_of").max())
+        .select("customer_id", "as_of")
+        .sort("customer_id", "as_of")
+        .collect()
+    )
+    if pairs.height < 100:
+        return None
+    if pairs.height > sample:
+        pairs = pairs.sample(n=sample, seed=seed).sort("customer_id", "as_of")
+    feats = offline_features(log, pairs, cleaned=True)
+    columns = {name: feats[name].to_numpy().astype(np.float64) for name in FEATURE_NAMES}
+    x = np.column_stack([columns[name] for name in bundle.features])
+    columns["churn_probability"], columns["predicted_value_minor"] = bundle.predict(x)
+    return columns
+
+
 def train_models(
     frame: pl.DataFrame,
     labels: LabelConfig,
@@ -285,6 +342,14 @@ def train_models(
     value_test = vsplit.test.with_columns(pl.Series("predicted_value_minor", vp))
 
     notes: list[str] = []
+    # null throughout = unavailable in the log (features._availability): the model
+    # cannot split on them; they stay in the feature list so the live scorer is unchanged
+    unavailable = [n for n in FEATURE_NAMES if frame[n].null_count() == frame.height]
+    if unavailable:
+        notes.append(
+            f"{len(unavailable)} features unavailable in this data (no signal; null, unused "
+            f"by the model): {', '.join(unavailable)}"
+        )
     churn_base: dict[str, dict[str, float]] = {}
     for rule in RULES:
         score = np.nan_to_num(split.test[rule].to_numpy().astype(np.float64), nan=1e6)
@@ -330,10 +395,22 @@ def train_models(
     columns = {name: test_frame[name].to_numpy().astype(np.float64) for name in FEATURE_NAMES}
     columns["churn_probability"] = p
     columns["predicted_value_minor"] = v
+    population = "snapshots"
+    if events is not None:
+        until = split.test["as_of"].max()
+        if not isinstance(until, datetime):
+            raise DataError("the test snapshots have no as-of time")
+        at_events = event_time_columns(events, until, bundle, seed=cfg.seed)
+        if at_events is not None:
+            columns, population = at_events, "events"
     reference = reference_distributions(
         columns, [*FEATURE_NAMES, "churn_probability", "predicted_value_minor"]
     )
-    bundle = replace(bundle, reference=reference)
+    bundle = replace(
+        bundle,
+        reference=reference,
+        meta={**bundle.meta, "reference_population": population},
+    )
     params: dict[str, Any] = {
         **labels.params(),
         **split.describe(),
@@ -344,11 +421,13 @@ def train_models(
         **{f"lgb.{k}": v for k, v in cfg.lgb_params().items()},
         "max_rounds": cfg.max_rounds,
         "early_stopping": cfg.early_stopping,
+        "features.unavailable": len(unavailable),
     }
     tags = {
         "feature_fingerprint": bundle.fingerprint,
         "data_fingerprint": str(meta["data_fingerprint"]),
         "code_version": code_version,
+        "unavailable_features": ",".join(unavailable) or "none",
     }
     return TrainResult(
         bundle,
