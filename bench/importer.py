@@ -96,9 +96,52 @@ def write_extract(path: Path, rows: int, chunk: int = 1_000_000, seed: int = 7) 
             out.write_csv(f, separator=";", include_header=False)
 
 
+def _import_once(src: Path, mapping: Path, out: Path) -> dict[str, float | str]:
+    """One ``churn import`` in a child process: its own time, wall, CPU, peak RSS."""
+    load = os.getloadavg()[0]  # other work on the machine, as the import starts
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu_before = usage.ru_utime + usage.ru_stime
+    began = time.perf_counter()
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "churn",
+            "import",
+            "--source",
+            str(src),
+            "--mapping",
+            str(mapping),
+            "--out",
+            str(out),
+            "--max-reject-rate",
+            "0.05",
+        ],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    seconds = time.perf_counter() - began
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    if proc.returncode != 0:
+        raise RuntimeError(proc.stdout + proc.stderr)
+    # the importer's own time: "<seconds> s (<rate> rows/s); events: ..."
+    timed = re.search(r"^([0-9.]+) s \(", proc.stdout, re.MULTILINE)
+    return {
+        "took": float(timed.group(1)) if timed else seconds,
+        "wall": seconds,
+        "cpu": usage.ru_utime + usage.ru_stime - cpu_before,
+        "peak": usage.ru_maxrss / 1024,  # the largest child so far, MiB
+        "load": load,
+        "out": out.stat().st_size / 2**20,
+        "summary": proc.stdout,
+    }
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__)
     p.add_argument("--rows", type=int, default=10_000_000)
+    p.add_argument("--runs", type=int, default=3, help="imports of the same extract")
     args = p.parse_args(argv)
     with tempfile.TemporaryDirectory(prefix="bench-import-") as tmp:
         root = Path(tmp)
@@ -112,54 +155,36 @@ def main(argv: list[str] | None = None) -> int:
             f"{time.perf_counter() - began:.1f} s",
             file=sys.stderr,
         )
-        load = os.getloadavg()[0]  # other work on the machine, as the import starts
-        usage = resource.getrusage(resource.RUSAGE_CHILDREN)
-        before, cpu_before = usage.ru_maxrss, usage.ru_utime + usage.ru_stime
-        began = time.perf_counter()
-        proc = subprocess.run(
-            [
-                sys.executable,
-                "-m",
-                "churn",
-                "import",
-                "--source",
-                str(src),
-                "--mapping",
-                str(mapping),
-                "--out",
-                str(root / "events.parquet"),
-                "--max-reject-rate",
-                "0.05",
-            ],
-            capture_output=True,
-            text=True,
-            check=False,
-        )
-        seconds = time.perf_counter() - began
-        usage = resource.getrusage(resource.RUSAGE_CHILDREN)
-        peak, cpu = usage.ru_maxrss, usage.ru_utime + usage.ru_stime - cpu_before
-        if proc.returncode != 0:
-            print(proc.stdout, proc.stderr, file=sys.stderr)
+        try:
+            runs = [_import_once(src, mapping, root / "events.parquet") for _ in range(args.runs)]
+        except RuntimeError as exc:
+            print(exc, file=sys.stderr)
             return 1
-        out_size = (root / "events.parquet").stat().st_size
-        summary = proc.stdout
-    # the importer's own time: "<seconds> s (<rate> rows/s); events: ..."
-    timed = re.search(r"^([0-9.]+) s \(", summary, re.MULTILINE)
-    took = float(timed.group(1)) if timed else seconds
-    print("## Import (bank-style CSV to event log)\n")
-    print(f"Machine: {_machine()}.\n")
+    print(f"## Import (`python -m bench.importer --rows {args.rows} --runs {args.runs}`)\n")
+    print(f"Machine: {_machine()}; {time.strftime('%Y-%m-%d %H:%M', time.gmtime())} UTC.\n")
     print(
-        "| rows | extract | import s | rows/s | wall s (incl. start-up) | rows/s (wall) "
-        "| CPU s (all threads) | peak RSS | event log | load (1 min) |"
+        f"Extract: {args.rows:,} rows, {size / 2**20:,.0f} MiB; event log "
+        f"{float(runs[-1]['out']):,.0f} MiB.\n"
     )
-    print("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     print(
-        f"| {args.rows:,} | {size / 2**20:,.0f} MiB | {took:.2f} | {args.rows / took:,.0f} | "
-        f"{seconds:.2f} | {args.rows / seconds:,.0f} | "
-        f"{cpu:.1f} | {max(peak, before) / 1024:,.0f} MiB | {out_size / 2**20:,.0f} MiB | "
-        f"{load:.2f} |"
+        "| run | import s | rows/s | wall s (incl. start-up) | rows/s (wall) "
+        "| CPU s (all threads) | peak RSS | load (1 min) |"
     )
-    print("\n```\n" + summary.strip() + "\n```")
+    print("|---:|---:|---:|---:|---:|---:|---:|---:|")
+    for i, r in enumerate(runs, 1):
+        took, wall = float(r["took"]), float(r["wall"])
+        print(
+            f"| {i} | {took:.2f} | {args.rows / took:,.0f} | {wall:.2f} | "
+            f"{args.rows / wall:,.0f} | {float(r['cpu']):.1f} | {float(r['peak']):,.0f} MiB | "
+            f"{float(r['load']):.2f} |"
+        )
+    took = float(np.median([float(r["took"]) for r in runs]))
+    wall = float(np.median([float(r["wall"]) for r in runs]))
+    print(
+        f"| **median** | **{took:.2f}** | **{args.rows / took:,.0f}** | {wall:.2f} | "
+        f"{args.rows / wall:,.0f} | | | |"
+    )
+    print("\n```\n" + str(runs[-1]["summary"]).strip() + "\n```")
     return 0
 
 

@@ -32,6 +32,7 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any, Final
 
+import numpy as np
 import polars as pl
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -96,7 +97,7 @@ def _header(path: Path, delimiter: str | None) -> list[str]:
     return [n.strip().strip('"') for n in names]
 
 
-_Parse = Callable[[bytes, pl.DataFrame], pl.DataFrame]
+_Parse = Callable[[bytes, pl.DataFrame], pl.LazyFrame]
 
 
 def _names(path: Path, mapping: ImportMapping) -> list[str] | None:
@@ -121,9 +122,7 @@ def _read_block(block: bytes, **options: Any) -> pl.DataFrame:
         return pl.read_csv(block, encoding="utf8-lossy", **options)
 
 
-def _read_text(
-    path: Path, header: bool, batch_rows: int, parse: Callable[[bytes, pl.DataFrame], pl.DataFrame]
-) -> Iterator[pl.DataFrame]:
+def _read_text(path: Path, header: bool, batch_rows: int, parse: _Parse) -> Iterator[pl.DataFrame]:
     """Batches of about ``batch_rows`` lines of a text file: ``row`` (the line
     number), ``_raw`` (the line) and what ``parse(block, lines)`` adds to them.
 
@@ -148,9 +147,33 @@ def _read_text(
             frame = parse(block, lines).with_columns(
                 pl.int_range(first, first + n, dtype=pl.Int64).alias("row")
             )
-            yield frame.filter(pl.col("_raw").is_not_null()) if lines["_raw"].has_nulls() else frame
+            if lines["_raw"].has_nulls():
+                frame = frame.filter(pl.col("_raw").is_not_null())
+            yield frame.collect()  # one query a batch: eager steps cost milliseconds each
             first += n
             size = batch_rows * len(block) // max(n, 1)
+
+
+def _bare(block: bytes, delimiter: str) -> bool:
+    """Whether no field of these lines begins or ends with whitespace, so that
+    stripping would change none: no space, control or non-ASCII byte (a multi-byte
+    character may be whitespace) next to a delimiter, a line end or an end of the
+    block. Positions of such bytes are found with numpy (a few per line)."""
+    b = np.frombuffer(block, np.uint8)
+    at = np.flatnonzero((b.view(np.int8) <= 32) & (b != 10))
+    if not at.size:
+        return True
+    d, last = ord(delimiter), b.size - 1
+    nxt = b[np.minimum(at + 1, last)]
+    here = b[at]
+    # a delimiter is no field's text, nor the \r of a \r\n (polars drops it)
+    text = (here != d) & ((here != 13) | (nxt != 10) | (at == last))
+    at, nxt = at[text], nxt[text]
+    prev = b[np.maximum(at - 1, 0)]
+    edge = (at == 0) | (at == last)
+    for c in (10, 13, d):
+        edge |= (prev == c) | (nxt == c)
+    return not edge.any()
 
 
 def _delimited(names: list[str], index: dict[str, int], delimiter: str) -> _Parse:
@@ -161,7 +184,7 @@ def _delimited(names: list[str], index: dict[str, int], delimiter: str) -> _Pars
     length = pl.sum_horizontal(pl.col(c).str.len_bytes().fill_null(0) for c in schema)
     wrong = pl.col("_raw").str.len_bytes() != length + (len(names) - 1)
 
-    def parse(block: bytes, lines: pl.DataFrame) -> pl.DataFrame:
+    def parse(block: bytes, lines: pl.DataFrame) -> pl.LazyFrame:
         fields = _read_block(
             block,
             separator=delimiter,
@@ -171,8 +194,16 @@ def _delimited(names: list[str], index: dict[str, int], delimiter: str) -> _Pars
         )
         if fields.height != lines.height:  # cannot happen: the same lines, split
             raise DataError(f"could not split {lines.height} lines into fields")
-        clean = _unquote if b'"' in block else (lambda e: e.str.strip_chars())
-        return pl.concat([lines, fields], how="horizontal").select(
+        # one chunk a column (the reader gives one a thread): cheaper to turn into events
+        fields = fields.rechunk()
+        clean = (
+            _unquote
+            if b'"' in block
+            else (lambda e: e)
+            if _bare(block, delimiter)
+            else (lambda e: e.str.strip_chars())
+        )
+        return pl.concat([lines.lazy(), fields.lazy()], how="horizontal").select(
             "_raw",
             *(clean(pl.col(f"_{i}")).alias("@" + c) for c, i in index.items()),
             pl.when(wrong).then(pl.lit("wrong_column_count")).alias("_shape"),
@@ -185,16 +216,20 @@ def _split_lines(names: list[str], index: dict[str, int]) -> _Parse:
     """Fields of fixed-width lines (runs of whitespace between them)."""
     parts = _split(pl.col("_raw"), None)
 
-    def parse(block: bytes, lines: pl.DataFrame) -> pl.DataFrame:
-        return lines.with_columns(parts.alias("_parts")).select(
-            "_raw",
-            *(
-                _unquote(pl.col("_parts").list.get(i, null_on_oob=True)).alias("@" + c)
-                for c, i in index.items()
-            ),
-            pl.when(pl.col("_parts").list.len() != len(names))
-            .then(pl.lit("wrong_column_count"))
-            .alias("_shape"),
+    def parse(block: bytes, lines: pl.DataFrame) -> pl.LazyFrame:
+        return (
+            lines.lazy()
+            .with_columns(parts.alias("_parts"))
+            .select(
+                "_raw",
+                *(
+                    _unquote(pl.col("_parts").list.get(i, null_on_oob=True)).alias("@" + c)
+                    for c, i in index.items()
+                ),
+                pl.when(pl.col("_parts").list.len() != len(names))
+                .then(pl.lit("wrong_column_count"))
+                .alias("_shape"),
+            )
         )
 
     return parse
@@ -203,9 +238,9 @@ def _split_lines(names: list[str], index: dict[str, int]) -> _Parse:
 def _json_lines(wanted: tuple[str, ...]) -> _Parse:
     path_of = {c: "$." + c if c.isidentifier() else f"$['{c}']" for c in wanted}
 
-    def parse(block: bytes, lines: pl.DataFrame) -> pl.DataFrame:
+    def parse(block: bytes, lines: pl.DataFrame) -> pl.LazyFrame:
         raw = pl.col("_raw")
-        return lines.select(
+        return lines.lazy().select(
             "_raw",
             *(raw.str.json_path_match(path_of[c]).str.strip_chars().alias("@" + c) for c in wanted),
             pl.when(
@@ -302,8 +337,9 @@ def _minor(spec: AmountSpec) -> pl.Expr:
     return value.abs() if spec.absolute else value
 
 
-def _coded(spec: FieldSpec) -> tuple[pl.Expr, pl.Expr]:
-    """(value, unknown code?) of a field spec."""
+def _coded(spec: FieldSpec, staged: str | None = None) -> tuple[pl.Expr, pl.Expr]:
+    """(value, unknown code?) of a field spec; ``staged``: the column the value is
+    staged as, which the unknown test then reads (rather than map the codes again)."""
     if spec.value is not None:
         return pl.lit(spec.value.strip(), pl.String), pl.lit(False)
     assert spec.column is not None  # noqa: S101 - from_dict guarantees it
@@ -321,7 +357,7 @@ def _coded(spec: FieldSpec) -> tuple[pl.Expr, pl.Expr]:
     )
     if default is not None:
         return mapped.fill_null(default), pl.lit(False)
-    return mapped, mapped.is_null() & ~_blank(col)
+    return mapped, (mapped if staged is None else pl.col(staged)).is_null() & ~_blank(col)
 
 
 _ISO_TZ: Final = ("%Y-%m-%dT%H:%M:%S%.f%z", "%Y-%m-%d %H:%M:%S%.f%z")
@@ -407,18 +443,20 @@ def _transform(mapping: ImportMapping) -> _Plan:
     """The plan turning a batch (from :func:`_batches`) into typed event-log rows and
     rejects with ``_reason``, ``_field``, ``_value`` (the first failed check)."""
     types = sorted(mapping.event_types())
-    # intermediate values become columns first: each is computed once, not in every check
+    # intermediate values become columns first: each is computed once, not in every
+    # check; ``then`` ones after them, from them
     stage: dict[str, pl.Expr] = {}
+    then: dict[str, pl.Expr] = {}
 
-    def put(name: str, expr: pl.Expr) -> pl.Expr:
-        stage[name] = expr
+    def put(name: str, expr: pl.Expr, after: bool = False) -> pl.Expr:
+        (then if after else stage)[name] = expr
         return pl.col(name)
 
     when, local = _time(mapping.occurred_at)
     if local:  # placed in time per batch, as "_t" (see _Plan.apply)
         put(_LOCAL, when)
-    etype_e, unknown_type_e = _coded(mapping.event_type)
-    etype, unknown_type = put("_etype", etype_e), put("_unknown_type", unknown_type_e)
+    etype_e, unknown_type_e = _coded(mapping.event_type, "_etype")
+    etype, unknown_type = put("_etype", etype_e), put("_unknown_type", unknown_type_e, True)
     cust = _src(mapping.customer_id)
     out: dict[str, pl.Expr] = {
         "customer_id": cust,
@@ -470,8 +508,8 @@ def _transform(mapping: ImportMapping) -> _Plan:
         if currency.value is not None:  # a constant, an ISO code (checked with the mapping)
             out["currency"] = pl.when(is_money).then(pl.lit(currency.value.strip(), pl.String))
         else:
-            ccy_e, unknown_ccy_e = _coded(currency)
-            ccy, unknown_ccy = put("_ccy", ccy_e), put("_unknown_ccy", unknown_ccy_e)
+            ccy_e, unknown_ccy_e = _coded(currency, "_ccy")
+            ccy, unknown_ccy = put("_ccy", ccy_e), put("_unknown_ccy", unknown_ccy_e, True)
             out["currency"] = pl.when(is_money).then(ccy.str.to_uppercase())
             checks += [
                 _Check(is_money & unknown_ccy, "unknown_code", "currency", ccy),
@@ -498,18 +536,21 @@ def _transform(mapping: ImportMapping) -> _Plan:
     for name in sorted(
         {f for t in types for f in FIELD_RULES[t]} - {"amount_minor", "currency", "balance_minor"}
     ):
-        value, unknown = (
-            _coded(specs[name]) if name in specs else (pl.lit(None, pl.String), pl.lit(False))
-        )
         # a blank text is no value; codes and constants are never blank
         spec = specs.get(name)
         coded = spec is not None and (spec.value is not None or bool(spec.map))
-        if not (coded and spec is not None and all(v.strip() for v in spec.values())):
+        blank = not (coded and spec is not None and all(v.strip() for v in spec.values()))
+        value, unknown = (
+            _coded(spec, None if blank else f"_v_{name}")
+            if spec is not None
+            else (pl.lit(None, pl.String), pl.lit(False))
+        )
+        if blank:
             value = pl.when(value != "").then(value)
         value = put(f"_v_{name}", value)
         # the texts a code or a constant can give (None: those of a column, any)
         possible = frozenset(v.strip() for v in spec.values()) if coded and spec else None
-        unknown = put(f"_u_{name}", unknown)
+        unknown = put(f"_u_{name}", unknown, True)
         typed: pl.Expr | None = None
         per_type = pl.lit(None, pl.String)
         bad_value = pl.lit(False)
@@ -589,6 +630,7 @@ def _transform(mapping: ImportMapping) -> _Plan:
     return _Plan(
         zone=mapping.occurred_at if local else None,
         stage=stage,
+        then=then,
         bad=pl.any_horizontal(bad).alias("_bad"),
         columns=columns,
         reasons=[reason.alias("_reason"), fld.alias("_field"), val.alias("_value")],
@@ -598,19 +640,22 @@ def _transform(mapping: ImportMapping) -> _Plan:
 @dataclass(frozen=True, slots=True)
 class _Plan:
     """How a batch becomes events: ``stage`` columns first (each intermediate value
-    computed once), then ``bad`` (any check failed); valid rows select ``columns``
-    (those of the event log the mapping fills), the others ``reasons`` (the first
-    failed check)."""
+    computed once) and ``then`` columns from them, then ``bad`` (any check failed);
+    valid rows select ``columns`` (those of the event log the mapping fills), the
+    others ``reasons`` (the first failed check)."""
 
     zone: TimeSpec | None  # local times to place in time (``_local`` to ``_t``)
     stage: dict[str, pl.Expr]
+    then: dict[str, pl.Expr]  # from ``stage`` columns
     bad: pl.Expr
     columns: list[pl.Expr]
     reasons: list[pl.Expr]
 
     def apply(self, batch: pl.DataFrame) -> tuple[pl.DataFrame, pl.DataFrame]:
         """(events, rejects with row, _raw, _reason, _field, _value) of a batch."""
-        staged = batch.lazy().with_columns(**self.stage).collect()
+        staged = batch.lazy().with_columns(**self.stage).with_columns(**self.then).collect()
+        # lazy frames, not eager operations: each of those costs milliseconds a batch
+        lazy = staged.lazy()
         if self.zone is not None:
             # by the one offset of the zone over the batch's times where it has one
             # (a subtraction), else by the zone's rules (a look-up per row)
@@ -621,8 +666,8 @@ class _Plan:
                 if offset is None
                 else (pl.col(_LOCAL) - offset).dt.replace_time_zone("UTC")
             )
-            staged = staged.with_columns(placed.alias("_t"))
-        staged = staged.with_columns(self.bad)
+            lazy = lazy.with_columns(placed.alias("_t"))
+        staged = lazy.with_columns(self.bad).collect()
         events = staged.lazy().filter(~pl.col("_bad")).select(self.columns)
         rejects = staged.lazy().filter(pl.col("_bad")).select("row", "_raw", *self.reasons)
         good, bad = pl.collect_all([events, rejects])
