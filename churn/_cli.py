@@ -750,7 +750,12 @@ def _cmd_notify(args: argparse.Namespace, settings: Settings) -> int:
         from monitoring import registry_of
 
         registry = registry_of(NotifyCollector(counts))
-        start_http_server(settings.notify_metrics_port, "127.0.0.1", registry)
+        try:
+            start_http_server(settings.notify_metrics_port, "127.0.0.1", registry)
+        except OSError as exc:
+            raise ConfigError(
+                "CHURN_NOTIFY_METRICS_PORT", settings.notify_metrics_port, f"a free port ({exc})"
+            ) from exc
         print(f"metrics on http://127.0.0.1:{settings.notify_metrics_port}/metrics")
     counts = asyncio.run(run_notifier(notify_config(settings), counts=counts))
     print(f"sent {dict(counts.sent)}; failed {dict(counts.failed)}")
