@@ -35,6 +35,9 @@ def configure_logging(level: str) -> None:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
+    # aiokafka says "Updating subscribed topics" at INFO for every short-lived consumer
+    # (lag checks, topic reads): it drowns the progress lines
+    logging.getLogger("aiokafka").setLevel(max(logging.WARNING, logging.getLogger().level))
     _configured = True
 
 
