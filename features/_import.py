@@ -1,12 +1,13 @@
 """Import bank extracts (CSV, fixed-width, Parquet, JSON lines) into the event log.
 
 An extract is read in batches of lines (polars' CSV reader splits a block of lines
-on all cores), each batch turned into events with vectorised polars and written
-with pyarrow; the three overlap (the next batch is read and the previous one
-written while one is turned into events: all three release the GIL), so at most
-three batches are in memory, whatever the size of the file. Each row becomes
-one event or one reject (its 1-based row number, a stable reason code, the field,
-the bad value and the original text of the row). The reasons:
+on all cores), each batch turned into events with vectorised polars, then into an
+Arrow table with generated ids (numpy) and written with pyarrow; the four overlap,
+each in its own thread (the next batch is read, the previous one converted and the
+one before written while one is turned into events: all four mostly release the
+GIL), so at most five batches are in memory, whatever the size of the file. Each
+row becomes one event or one reject (its 1-based row number, a stable reason code,
+the field, the bad value and the original text of the row). The reasons:
 
 ``wrong_column_count``, ``malformed_json``, ``missing_value``, ``invalid_id``,
 ``invalid_timestamp``, ``invalid_amount``, ``unknown_code``, ``invalid_value``.
@@ -818,8 +819,8 @@ def import_events(
     valid events go to ``rejects`` (CSV: source, row, reason, field, value, raw).
 
     Sources are read in order and in batches of about ``batch_rows`` rows; one is
-    read ahead and one written in the background while the next is turned into
-    events: memory depends on the batch, not the file.
+    read ahead, one converted to Arrow and one written in the background while the
+    next is turned into events: memory depends on the batch, not the file.
     """
     began = time.perf_counter()
     rejects = rejects or out.with_name(out.name.removesuffix(".parquet") + ".rejects.csv")
@@ -839,17 +840,34 @@ def import_events(
     out.parent.mkdir(parents=True, exist_ok=True)
     rejects.parent.mkdir(parents=True, exist_ok=True)
     schema = _arrow_schema()
+    prefix = mapping.id_prefix if mapping.event_id is None else None
+
+    def arrow(events: pl.DataFrame) -> pa.Table:
+        """The event log's Arrow table of events, with generated ids (numpy)."""
+        ids = None if prefix is None else hex_id_array(_lanes(events, coded), prefix)
+        return _table(events, ids, schema)
+
     with (
         pq.ParquetWriter(out, schema, **_write_options(mapping.event_id is None)) as writer,
         rejects.open("wb") as rej,
         ThreadPoolExecutor(1, thread_name_prefix="import-read") as reader,
+        ThreadPoolExecutor(1, thread_name_prefix="import-arrow") as converter,
         ThreadPoolExecutor(1, thread_name_prefix="import-write") as background,
     ):
+
+        def write(table: pa.Table, previous: Future[None] | None) -> Future[None]:
+            if previous is not None:  # one table written at a time, in order
+                previous.result()
+            return background.submit(writer.write_table, table)
+
         rej.write(b"source,row,reason,field,value,raw\n")
-        pending: Future[None] | None = None
+        built: Future[pa.Table] | None = None
+        written: Future[None] | None = None
         for src in sources:
-            # three batches at most in memory: one read ahead (polars' reader, off
-            # the GIL), one turned into events here, one written in the background
+            # a pipeline of four threads, each mostly off the GIL, five batches at
+            # most in memory: one read ahead (polars' reader), one turned into events
+            # here (polars), one into an Arrow table with ids (numpy), one written
+            # (pyarrow; it writes columns one by one) and one table waiting for it
             batches = _batches(src, mapping, batch_rows)
             ahead = reader.submit(next, batches, None)
             while (batch := ahead.result()) is not None:
@@ -857,14 +875,11 @@ def import_events(
                 report.rows += batch.height
                 good, bad = plan.apply(batch)
                 del batch
-                ids = None
-                if mapping.event_id is None and good.height:
-                    ids = hex_id_array(_lanes(good, coded), mapping.id_prefix)
                 if good.height:
-                    table = _table(good, ids, schema)
-                    if pending is not None:
-                        pending.result()
-                    pending = background.submit(writer.write_table, table)
+                    building = converter.submit(arrow, good)
+                    if built is not None:
+                        written = write(built.result(), written)
+                    built = building
                     report.events += good.height
                     for t, n in good["event_type"].value_counts().iter_rows():
                         report.event_types[t] = report.event_types.get(t, 0) + n
@@ -881,8 +896,10 @@ def import_events(
                     ).write_csv(rej, include_header=False)
                 if progress:
                     progress(report.rows)
-        if pending is not None:
-            pending.result()
+        if built is not None:
+            written = write(built.result(), written)
+        if written is not None:
+            written.result()
     report.seconds = time.perf_counter() - began
     logger.info(
         "imported %d rows from %d extracts: %d events, %d rejected",
