@@ -17,7 +17,13 @@ from features._definitions import (
     finalize,
 )
 from features._import import REJECT_REASONS, ImportReport, import_events, row_ids
-from features._labels import CHURN_DEFINITIONS, LabelConfig, label_snapshots, trailing_value
+from features._labels import (
+    CHURN_DEFINITIONS,
+    LabelConfig,
+    churn_times,
+    label_snapshots,
+    trailing_value,
+)
 from features._mapping import ImportMapping, load_mapping
 from features._offline import clean_log, offline_aggregates, offline_features, scan_log
 from features._parallel import ordered_map
@@ -58,6 +64,7 @@ __all__ = [
     "TrainingSet",
     "build_training_set",
     "check_parity",
+    "churn_times",
     "clean_log",
     "event_hash",
     "feature_availability",

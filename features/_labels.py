@@ -44,7 +44,14 @@ from features._offline import held_products, signal_condition
 from features._series import last_at_or_before
 from features.errors import ConfigError
 
-__all__ = ["CHURN_DEFINITIONS", "LabelConfig", "data_end", "label_snapshots", "trailing_value"]
+__all__ = [
+    "CHURN_DEFINITIONS",
+    "LabelConfig",
+    "churn_times",
+    "data_end",
+    "label_snapshots",
+    "trailing_value",
+]
 
 ChurnDefinition = Literal["last_product", "inactivity"]
 CHURN_DEFINITIONS: Final = ("last_product", "inactivity")
@@ -127,6 +134,11 @@ def _churn_times(events: pl.LazyFrame, cfg: LabelConfig, data_end_us: int) -> pl
     return acts.filter(pl.col("next") - pl.col("t") > gap).select(
         "customer_id", (pl.col("t") + gap).alias("churn_t")
     )
+
+
+def churn_times(events: pl.LazyFrame, cfg: LabelConfig, data_end_us: int) -> pl.DataFrame:
+    """Every churn of every customer in clean events: ``customer_id``, ``churn_t`` (µs)."""
+    return _churn_times(events, cfg, data_end_us).collect()
 
 
 def label_snapshots(

@@ -190,10 +190,13 @@ class DriftWindow:
     def n(self) -> int:
         return int(self.counts()[0].sum()) if self.columns else 0
 
-    def drift(self, counts: npt.NDArray[np.int64] | None = None) -> list[ColumnDrift]:
-        """PSI and KS of every column, worst first (by PSI)."""
-        counts = self.counts() if counts is None else counts
-        sums = sum((s for _, s in self._buckets.values()), np.zeros(len(self.columns)))
+    def drift(self, last_buckets: int | None = None) -> list[ColumnDrift]:
+        """PSI and KS of every column over the window (or its newest buckets), worst
+        first (by PSI)."""
+        counts = self.counts(last_buckets)
+        kept = list(self._buckets.values())
+        kept = kept[-last_buckets:] if last_buckets else kept
+        sums = sum((s for _, s in kept), np.zeros(len(self.columns)))
         out = []
         for j, name in enumerate(self.columns):
             width = len(self.expected[j])
@@ -230,7 +233,7 @@ class DriftWindow:
             "buckets": [b * self.bucket_us for b in self._buckets],
             "bucket_us": self.bucket_us,
             "too_old": self.too_old,
-            "drift": [_as_dict(d) for d in self.drift(counts)],
+            "drift": [_as_dict(d) for d in self.drift(last_buckets)],
         }
 
 

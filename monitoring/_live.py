@@ -12,8 +12,9 @@ happened since, per score month:
 * months whose horizon has passed (**matured**) get AUC, calibration (mean
   predicted vs observed rate, ECE, Brier) and the top-decile lift and capture;
 * months not yet matured get the **early estimate**: the churn rate the
-  calibrated probabilities expect, and what has been observed so far (a lower
-  bound that rises as the horizon passes).
+  calibrated probabilities expect, and the share of those scores followed by a
+  churn before the end of the data (a lower bound that rises as the horizon
+  passes; customers already churned at the score count as not churning).
 
 The result is a table, JSON, and a Prometheus text file (for node exporter's
 textfile collector) with ``churn_live_*{month=...}`` gauges.
@@ -30,7 +31,7 @@ import numpy as np
 import orjson
 import polars as pl
 
-from features import LabelConfig, clean_log, label_snapshots
+from features import LabelConfig, churn_times, clean_log, label_snapshots
 from training._metrics import expected_calibration_error, lift_at, roc_auc
 
 __all__ = [
@@ -148,35 +149,29 @@ def evaluate_live(
 def _churned_so_far(
     clean: pl.LazyFrame, monthly: pl.DataFrame, labels: LabelConfig, data_end_us: int
 ) -> pl.DataFrame:
-    """For scores whose horizon has not passed: churned between as-of and the data end.
-
-    Labelled with the horizon cut at the end of the data: a snapshot whose horizon
-    would run past the end is then not censored, and ``churn`` says whether the
-    customer churned in the part of the horizon seen so far."""
-    seen_days = [
-        max(1, (data_end_us - int(t)) // DAY_US) for t in monthly["as_of"].dt.epoch("us").to_list()
-    ]
-    parts = []
-    frame = monthly.with_columns(pl.Series("seen_days", seen_days))
-    for days in sorted(set(seen_days)):
-        if days >= labels.horizon_days:
-            continue
-        rows = frame.filter(pl.col("seen_days") == days)
-        cfg = LabelConfig(
-            churn_definition=labels.churn_definition,
-            horizon_days=days,
-            inactivity_days=labels.inactivity_days,
-            value_days=labels.value_days,
-        )
-        got, _ = label_snapshots(clean, rows.select("customer_id", "as_of"), cfg, data_end_us)
-        parts.append(
-            got.join(
-                rows.select("customer_id", "as_of", "month"), on=["customer_id", "as_of"]
-            ).select("month", pl.col("churn").cast(pl.Float64).alias("churned"))
-        )
-    if not parts:
+    """For scores whose horizon has not passed: did the customer churn between the
+    as-of and the end of the data (the part of the horizon seen so far)? One pass:
+    the churn times of the log, joined to those scores."""
+    horizon = labels.horizon_days * DAY_US
+    early = (
+        monthly.select("month", "customer_id", pl.col("as_of").dt.epoch("us").alias("t"))
+        .with_row_index("row")
+        .filter(pl.col("t") + horizon > data_end_us)
+    )
+    if early.height == 0:
         return pl.DataFrame(schema={"month": pl.String, "churned": pl.Float64})
-    return pl.concat(parts)
+    churns = churn_times(clean, labels, data_end_us)
+    hit = (
+        early.join(churns, on="customer_id", how="left")
+        .group_by("row", "month")
+        .agg(
+            ((pl.col("churn_t") > pl.col("t")) & (pl.col("churn_t") <= data_end_us))
+            .fill_null(False)
+            .any()
+            .alias("churned")
+        )
+    )
+    return hit.select("month", pl.col("churned").cast(pl.Float64))
 
 
 def format_table(rows: Sequence[MonthEvaluation]) -> str:

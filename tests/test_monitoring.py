@@ -342,3 +342,15 @@ def test_evaluate_live_judges_emitted_scores_once_churn_matured(
     }
     assert gauges[("churn_live_roc_auc", "2025-05")] == pytest.approx(rows["2025-05"]["roc_auc"])
     assert ("churn_live_roc_auc", "2025-11") not in gauges
+
+
+def test_the_newest_buckets_alone_give_their_own_counts_and_means() -> None:
+    reference = {"x": reference_distribution(np.arange(100.0))}
+    w = DriftWindow(reference, window_days=7)
+    w.add(np.full(10, 1 * DAY_US), {"x": np.full(10, 10.0)})
+    w.add(np.full(4, 2 * DAY_US), {"x": np.full(4, 90.0)})
+    newest = w.drift(last_buckets=1)[0]
+    assert newest.n == 4
+    assert newest.live_mean == pytest.approx(90.0)
+    assert w.drift()[0].live_mean == pytest.approx((100 + 360) / 14)
+    assert w.snapshot(last_buckets=1)["drift"][0]["n"] == 4
