@@ -70,7 +70,13 @@ def start_prometheus(tmp_path: Path, targets: list[str]) -> Prometheus:
     config.write_text(
         json.dumps(  # YAML is a superset of JSON
             {
-                "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
+                # a failed scrape marks the series stale and resets a pending alert: give a
+                # busy worker time to answer
+                "global": {
+                    "scrape_interval": "3s",
+                    "scrape_timeout": "3s",
+                    "evaluation_interval": "1s",
+                },
                 "rule_files": [str(RULES)],
                 "scrape_configs": [
                     {"job_name": "churn-worker", "static_configs": [{"targets": targets}]}
@@ -162,7 +168,9 @@ def test_prometheus_scrapes_the_worker_and_the_score_drift_rule_fires_on_a_shift
         assert psi is not None
         assert psi > 0.25
         state = wait_for(
-            lambda: prom.alert_state("ChurnScoreDrift") == "firing", "ChurnScoreDrift firing"
+            lambda: prom.alert_state("ChurnScoreDrift") == "firing",
+            "ChurnScoreDrift firing",
+            timeout=300,
         )
         assert state
     finally:
