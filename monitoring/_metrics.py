@@ -180,6 +180,11 @@ class WorkerCollector(Collector):
             {(): v.counts.get("consumed", 0)},
         )
         yield counter_family(
+            "churn_events_refetched",
+            "Records the consumer left out around a rebalance, read directly by the worker",
+            {(): v.counts.get("refetched", 0)},
+        )
+        yield counter_family(
             "churn_events_processed",
             "Events folded into customer state, by outcome (applied or duplicate)",
             {(k,): v.counts.get(k, 0) for k in ("applied", "duplicate")},

@@ -56,6 +56,7 @@ from monitoring import (
 )
 from serving import LiveModel, RulePolicy, champion_version, load_live_model, score_batch
 from serving._policy import AlertMemory, load_policy
+from stream._offsets import Gap, OffsetGuard, mark_acked
 
 __all__ = ["BACKFILL_HEADER", "Runtime", "WorkerConfig", "build_app", "run_worker"]
 
@@ -114,6 +115,7 @@ class Runtime:
     drift: DriftWindow | None = None  # of the model in use (its reference)
     last_event_us: int | None = None
     last_processed: float | None = None  # wall clock, seconds
+    guard: OffsetGuard | None = None
     hist: dict[str, tuple[str, BatchHistogram]] = field(
         default_factory=lambda: {
             "churn_batch_processing_seconds": (
@@ -498,18 +500,45 @@ def build_app(cfg: WorkerConfig, policy: RulePolicy | None = None) -> tuple[Any,
             counts["alerts"] += len(explained)
             runtime.observe("churn_scoring_seconds", [time.perf_counter() - began])
 
+    # records faust left out are read directly and processed first (see stream._offsets)
+    guard = OffsetGuard(app, cfg.events_topic, cfg.broker_url.removeprefix("kafka://"))
+    runtime.guard = guard
+    processing = asyncio.Lock()  # the agent's batches and the guard's tail check
+
+    async def process_with_gaps(batch: list[Any], gaps: list[Gap]) -> None:
+        filled: list[tuple[Gap, list[Any], bool]] = []
+        for gap in gaps:
+            records, complete = await guard.read(gap)
+            guard.advance(gap, records)
+            filled.append((gap, records, complete))
+        await process([ev for _, records, _ in filled for ev in records] + batch)
+        for gap, records, complete in filled:
+            offsets = (
+                range(gap.start, gap.end) if complete else (ev.message.offset for ev in records)
+            )
+            mark_acked(app.consumer, gap.tp, offsets)
+            counts["refetched"] += len(records)
+
     @app.agent(events, name="fold-and-score")
     async def fold_and_score(stream: Any) -> None:
         async for batch in stream.take_events(cfg.batch_size, within=cfg.batch_within):
             began = time.time()
             stamps = np.fromiter((ev.message.timestamp for ev in batch), np.float64, len(batch))
             oldest = float(stamps.min()) if len(batch) else began
-            await process(batch)
+            async with processing:
+                await process_with_gaps(batch, guard.observe(batch))
             done = time.time()
             runtime.batches.append((len(batch), (began - oldest) * 1000, (done - began) * 1000))
             runtime.last_processed = done
             runtime.observe("churn_batch_processing_seconds", [done - began])
             runtime.observe("churn_event_latency_seconds", done - stamps)
+
+    @app.timer(interval=5.0)  # type: ignore[untyped-decorator]
+    async def check_tails() -> None:
+        async with processing:
+            gaps = guard.tail_gaps()
+            if gaps:
+                await process_with_gaps([], gaps)
 
     @app.task  # type: ignore[untyped-decorator]
     async def first_model() -> None:

@@ -223,14 +223,15 @@ def test_a_manager_signs_in_acknowledges_and_records_an_outcome_in_chromium(
         driver.get(inbox.url + "/")
         driver.find_element(By.ID, "manager").send_keys("M1")
         driver.find_element(By.ID, "token").send_keys(TOKENS["M1"])
+        # each action (signing in too) posts a form and the page comes back: wait for
+        # the new page's state (Chrome may report the old page's nodes as detached)
+        wait = WebDriverWait(driver, 10, ignored_exceptions=(WebDriverException,))
         driver.find_element(By.ID, "signin").click()
+        wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, "tr.alert"))
         rows = driver.find_elements(By.CSS_SELECTOR, "tr.alert")
         assert [r.get_attribute("data-customer") for r in rows] == ["C2", "C1"]
         assert "C3" not in driver.page_source
         assert "工资已停发34天" in driver.page_source
-        # each action posts a form and the page comes back: wait for the new page's
-        # state (Chrome may report the old page's nodes as detached meanwhile)
-        wait = WebDriverWait(driver, 10, ignored_exceptions=(WebDriverException,))
         driver.find_element(By.CSS_SELECTOR, "#alert-C1 button.ack").click()
         wait.until(
             lambda d: (

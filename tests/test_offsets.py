@@ -1,0 +1,123 @@
+"""The offset guard: records the consumer left out are found and read from the broker.
+
+The guard is fed the offsets a faust stream would hand out, with holes in them; it
+reads the missing records from the real (dev) broker, and once they are marked
+acknowledged, faust's own commit computation moves past them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import defaultdict
+from collections.abc import Iterator
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+from faust.transport.consumer import Consumer
+from faust.types import TP
+from intervaltree import IntervalTree
+
+from stream import Broker
+from stream._offsets import Gap, OffsetGuard, mark_acked
+from stream._replay import ensure_topics
+from tests.conftest import free_port
+
+TOPIC = "guard.events"
+
+
+@pytest.fixture
+def broker(tmp_path: Path) -> Iterator[Broker]:
+    with Broker(free_port(), log=tmp_path / "broker.log") as b:
+        yield b
+
+
+def _produce(bootstrap: str, n: int) -> None:
+    from aiokafka import AIOKafkaProducer
+
+    async def run() -> None:
+        await ensure_topics(bootstrap, [TOPIC], 2)
+        p = AIOKafkaProducer(bootstrap_servers=bootstrap)
+        await p.start()
+        try:
+            for i in range(n):
+                await p.send_and_wait(TOPIC, f"v{i}".encode(), key=b"k", partition=1)
+        finally:
+            await p.stop()
+
+    asyncio.run(run())
+
+
+class _Consumer:
+    """faust's consumer bookkeeping (the attributes its commit computation reads)."""
+
+    def __init__(self, committed: dict[TP, int]) -> None:
+        self._committed_offset: defaultdict[TP, int | None] = defaultdict(lambda: None)
+        self._committed_offset.update(committed)
+        self._acked: defaultdict[TP, list[int]] = defaultdict(list)
+        self._acked_index: defaultdict[TP, set[int]] = defaultdict(set)
+        self._gap: defaultdict[TP, IntervalTree] = defaultdict(IntervalTree)
+
+
+def _events(tp: TP, offsets: range) -> list[Any]:
+    return [
+        SimpleNamespace(message=SimpleNamespace(topic=tp.topic, tp=tp, offset=o)) for o in offsets
+    ]
+
+
+def test_skipped_records_are_read_from_the_broker_and_let_commits_move_on(broker: Broker) -> None:
+    bootstrap = broker.url.removeprefix("kafka://")
+    _produce(bootstrap, 60)
+    tp = TP(TOPIC, 1)
+    consumer = _Consumer({tp: 10})
+    app = SimpleNamespace(consumer=consumer, consumer_generation_id=1)
+    guard = OffsetGuard(app, TOPIC, bootstrap)
+
+    # delivered: 12..19, then 40..44 (10, 11 and 20..39 left out by the consumer)
+    delivered = _events(tp, range(12, 20)) + _events(tp, range(40, 45))
+    gaps = guard.observe(delivered)
+    assert gaps == [Gap(tp, 10, 12), Gap(tp, 20, 40)]
+    assert guard.expected[tp] == 45
+    # the same offsets again (a redelivery): nothing missing
+    assert guard.observe(_events(tp, range(40, 45))) == []
+
+    async def read_all() -> list[tuple[list[Any], bool]]:
+        try:
+            return [await guard.read(gap) for gap in gaps]
+        finally:
+            await guard.stop()
+
+    reads = asyncio.run(read_all())
+    for gap, (records, complete) in zip(gaps, reads, strict=True):
+        assert complete
+        assert [r.message.offset for r in records] == list(range(gap.start, gap.end))
+        assert [r.value for r in records] == [f"v{o}".encode() for o in range(gap.start, gap.end)]
+        assert all(r.message.partition == 1 and r.message.key == b"k" for r in records)
+    assert guard.refetched == 2 + 20
+
+    # faust acknowledged what it delivered; its commit stops at the first hole
+    for ev in delivered:
+        consumer._acked[tp].append(ev.message.offset)
+        consumer._acked_index[tp].add(ev.message.offset)
+    assert Consumer._new_offset(consumer, tp) is None  # type: ignore[arg-type]
+    for gap in gaps:
+        mark_acked(consumer, tp, range(gap.start, gap.end))
+    assert Consumer._new_offset(consumer, tp) == 45  # type: ignore[arg-type]
+
+
+def test_a_new_generation_expects_each_partition_from_its_committed_offset() -> None:
+    tp = TP(TOPIC, 0)
+    consumer = _Consumer({tp: 100})
+    app = SimpleNamespace(consumer=consumer, consumer_generation_id=1)
+    guard = OffsetGuard(app, TOPIC, "unused:0")
+    assert guard.observe(_events(tp, range(100, 110))) == []
+    # a rebalance; the partition comes back from its commit (105): a hole before 107
+    app.consumer_generation_id = 2
+    consumer._committed_offset[tp] = 105
+    assert guard.observe(_events(tp, range(107, 109))) == [Gap(tp, 105, 107)]
+    # a partition never committed is expected from its start
+    fresh = TP(TOPIC, 1)
+    assert guard.observe(_events(fresh, range(3, 4))) == [Gap(fresh, 0, 3)]
+    # other topics (a table's changelog) are not the guard's
+    assert guard.observe(_events(TP("other", 0), range(50, 51))) == []
