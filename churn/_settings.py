@@ -54,6 +54,13 @@ class Settings(BaseSettings):
     fetch_wait_ms: int = Field(
         1500, ge=10, le=60_000, description="longest wait of a worker's fetch (ms)"
     )
+    flush_seconds: float = Field(
+        1.0,
+        ge=0,
+        le=60,
+        description="seconds a worker keeps changed states before writing them to the table "
+        "and its changelog (0: every micro-batch); offsets are committed only after",
+    )
     state_cache: int = Field(
         5000, ge=0, le=10_000_000, description="decoded customer states kept in worker memory"
     )

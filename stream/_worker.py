@@ -6,7 +6,9 @@ Per micro-batch (``stream.take_events``):
    with its reason, the original bytes and its topic/partition/offset;
 2. the event is folded into its customer's state (idempotent: a redelivered event
    is recognised and changes nothing);
-3. each touched customer's state is written once to the changelog-backed table;
+3. each touched customer's state is kept as pending (:class:`WriteBehind`) and written
+   to the changelog-backed table once per ``flush_seconds``, however many batches
+   touched it; the batch's offsets are acknowledged only after that write;
 4. with a champion model, each touched customer is scored once at the time of its
    newest event, the score goes to ``customer.scores`` and to the alert policy
    (:mod:`serving._policy`, a YAML file), whose alerts, with their reasons and a
@@ -17,8 +19,9 @@ Per micro-batch (``stream.take_events``):
 Records with the header ``churn-backfill: 1`` (``churn replay --backfill``) are
 folded but not scored: bootstrapping state from history raises no stale alerts.
 
-Offsets are acknowledged only after the batch is processed, so a crash replays
-at most the unfinished batch, which the idempotent fold absorbs. Every record is
+Offsets are acknowledged only after the states they changed are written, so a crash
+replays at most what was pending, which the idempotent fold absorbs. Records the
+consumer leaves out around a rebalance are read directly (:mod:`stream._offsets`). Every record is
 counted: consumed = applied + duplicates + dead-lettered (malformed, wrong key, or
 older than the longest window: ``too_late``).
 """
@@ -56,7 +59,7 @@ from monitoring import (
 )
 from serving import LiveModel, RulePolicy, champion_version, load_live_model, score_batch
 from serving._policy import AlertMemory, load_policy
-from stream._offsets import Gap, OffsetGuard, mark_acked
+from stream._offsets import DirectEvent, Gap, OffsetGuard, mark_acked
 
 __all__ = ["BACKFILL_HEADER", "Runtime", "WorkerConfig", "build_app", "run_worker"]
 
@@ -85,11 +88,37 @@ class WorkerConfig:
     batch_within: float = 0.05
     fetch_wait_ms: int = 1500  # longest wait of a fetch (see stream._transport)
     cache_size: int = 5_000  # decoded customer states kept in memory
+    flush_seconds: float = 1.0  # changed states written this often (see WriteBehind)
+    flush_max: int = 20_000  # ... or when this many customers have changed
     alert_policy: str = ""  # a YAML file; empty: the default policy
     web_port: int = 6066
     data_dir: str = "data/worker"
     monitoring: bool = True  # histograms and drift (off only to measure their cost)
     drift_window_days: float = 7.0  # event time covered by the drift window
+
+
+@dataclass
+class WriteBehind:
+    """What changed since the last flush, and the acknowledgements that wait for it.
+
+    Kafka Streams' record cache, for this worker: a customer touched by several
+    micro-batches within ``flush_seconds`` is serialised and written to the table and
+    its changelog once, not once per batch. The offsets of the events behind those
+    changes are acknowledged only after the flush, so faust never commits past a change
+    that is not in the changelog yet: a crash replays them (the idempotent fold absorbs
+    what was already written). A rebalance discards what is pending, unacknowledged,
+    and the events are read again from the committed offsets.
+    """
+
+    states: dict[bytes, tuple[CustomerState, Any]] = field(default_factory=dict)
+    memories: dict[bytes, tuple[AlertMemory, Any]] = field(default_factory=dict)
+    held: list[Any] = field(default_factory=list)  # faust events, acknowledged at the flush
+    held_gaps: list[tuple[Any, Any]] = field(default_factory=list)  # (tp, offsets) read directly
+    since: float | None = None  # monotonic time of the oldest pending change
+    generation: Any = None
+
+    def pending(self) -> bool:
+        return bool(self.states or self.memories or self.held or self.held_gaps)
 
 
 @dataclass
@@ -111,11 +140,15 @@ class Runtime:
     batches: deque[tuple[int, float, float]] = field(default_factory=lambda: deque(maxlen=1000))
     model_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     refresh_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    first_check: asyncio.Event = field(default_factory=asyncio.Event)  # registry asked once
     alerts_by_rule: Counter[tuple[str, str]] = field(default_factory=Counter)
     drift: DriftWindow | None = None  # of the model in use (its reference)
     last_event_us: int | None = None
     last_processed: float | None = None  # wall clock, seconds
     guard: OffsetGuard | None = None
+    pending: WriteBehind = field(default_factory=WriteBehind)
+    flushes: int = 0
+    discarded: int = 0  # pending flushes dropped by a rebalance
     hist: dict[str, tuple[str, BatchHistogram]] = field(
         default_factory=lambda: {
             "churn_batch_processing_seconds": (
@@ -166,6 +199,8 @@ class Runtime:
             "model_version": self.model.version if self.model else None,
             "reloads": self.reloads,
             "reload_failures": self.reload_failures,
+            "flushes": self.flushes,
+            "pending_dropped_by_rebalance": self.discarded,
             "alerts_suppressed": dict(self.policy.suppressed),
             "uptime_seconds": round(time.monotonic() - self.started, 1),
             "batches": self.batch_summary(),
@@ -214,7 +249,10 @@ class Runtime:
         if self.refresh_lock.locked():
             return  # a check is already running
         async with self.refresh_lock:
-            await self._refresh()
+            try:
+                await self._refresh()
+            finally:
+                self.first_check.set()
 
     async def _refresh(self) -> None:
         cfg = self.config
@@ -378,6 +416,56 @@ def build_app(cfg: WorkerConfig, policy: RulePolicy | None = None) -> tuple[Any,
     counts, dead = runtime.counts, runtime.dead
     from faust.streams import _current_event  # set per key: see "in its event's context"
 
+    wb = runtime.pending
+
+    def discard_if_rebalanced() -> bool:
+        """A new consumer generation: what is pending may belong to partitions this
+        worker no longer has; drop it, unacknowledged (it is read again)."""
+        generation = getattr(app, "consumer_generation_id", None)
+        if generation == wb.generation:
+            return False
+        if wb.pending():
+            runtime.discarded += 1
+            logger.info(
+                "rebalance: %d pending states dropped, their %d events are read again",
+                len(wb.states),
+                len(wb.held),
+            )
+        for key in wb.states:
+            runtime.cache.pop(key, None)  # the cached object holds the dropped changes
+        wb.states.clear()
+        wb.memories.clear()
+        wb.held.clear()
+        wb.held_gaps.clear()
+        wb.since = None
+        wb.generation = generation
+        return True
+
+    async def flush() -> None:
+        """Write the pending states and alert memories, then acknowledge their events."""
+        consumer: Any = app.consumer
+        if discard_if_rebalanced() or not consumer.flow_active:
+            return  # a rebalance is under way: the events are read again
+        sizes = []
+        for key, (state, ev) in wb.states.items():
+            blob = state.to_bytes()
+            await store(table, key, blob, ev)
+            runtime.remember(key, blob, state)
+            sizes.append(len(blob))
+        for key, (memory, ev) in wb.memories.items():
+            await store(memory_table, key, memory.to_bytes(), ev)
+        for ev in wb.held:
+            ev.message.ack(consumer)
+        for tp, offsets in wb.held_gaps:
+            mark_acked(consumer, tp, offsets)
+        runtime.observe("churn_state_bytes", sizes)
+        runtime.flushes += 1
+        wb.states.clear()
+        wb.memories.clear()
+        wb.held.clear()
+        wb.held_gaps.clear()
+        wb.since = None
+
     async def process(batch: list[Any]) -> None:
         touched: dict[bytes, CustomerState] = {}
         source: dict[bytes, Any] = {}  # the last event of each key, for its partition
@@ -401,7 +489,12 @@ def build_app(cfg: WorkerConfig, policy: RulePolicy | None = None) -> tuple[Any,
             try:
                 state = touched.get(key)
                 if state is None:
-                    state = runtime.state_for(key, table.get(key), event.customer_id)
+                    waiting = wb.states.get(key)
+                    state = (
+                        waiting[0]
+                        if waiting is not None
+                        else runtime.state_for(key, table.get(key), event.customer_id)
+                    )
                 outcome = state.apply(event)
             except Exception as exc:  # a bug or a state this engine cannot read: counted
                 logger.exception("cannot fold event %s", event.event_id)
@@ -436,24 +529,26 @@ def build_app(cfg: WorkerConfig, policy: RulePolicy | None = None) -> tuple[Any,
             source[key] = ev
             if live:
                 to_score[key] = state
-        sizes = []
         for key, state in touched.items():
-            blob = state.to_bytes()
-            await store(table, key, blob, source[key])
-            runtime.remember(key, blob, state)
-            sizes.append(len(blob))
+            wb.states[key] = (state, source[key])
             if state.max_t is not None and state.max_t > (runtime.last_event_us or 0):
                 runtime.last_event_us = state.max_t
-        runtime.observe("churn_state_bytes", sizes)
-        if not to_score:
-            return
-        try:
-            await score_and_alert(to_score, source)
-        except Exception:
-            # the events are folded and their states stored: only these scores are
-            # missing (the customers' next events score them again); counted, logged
-            logger.exception("scoring failed for %d customers", len(to_score))
-            counts["score_failures"] += len(to_score)
+        for ev in batch:  # acknowledged at the flush (faust's own ack leaves one reference)
+            if not isinstance(ev, DirectEvent):
+                ev.message.incref()
+                wb.held.append(ev)
+        if wb.since is None:
+            wb.since = time.monotonic()
+        if to_score:
+            try:
+                await score_and_alert(to_score, source)
+            except Exception:
+                # the events are folded and their states kept: only these scores are
+                # missing (the customers' next events score them again); counted, logged
+                logger.exception("scoring failed for %d customers", len(to_score))
+                counts["score_failures"] += len(to_score)
+        if time.monotonic() - wb.since >= cfg.flush_seconds or len(wb.states) >= cfg.flush_max:
+            await flush()
 
     async def score_and_alert(
         to_score: dict[bytes, CustomerState], source: dict[bytes, Any]
@@ -482,7 +577,12 @@ def build_app(cfg: WorkerConfig, policy: RulePolicy | None = None) -> tuple[Any,
             for key, (score, _) in zip(keys, scored, strict=True):
                 await scores.send(key=key, value=orjson.dumps(asdict(score)))
             counts["scored"] += len(scored)
-            memories = [AlertMemory.from_bytes(memory_table.get(key)) for key in keys]
+            memories = [
+                wb.memories[key][0]
+                if key in wb.memories
+                else AlertMemory.from_bytes(memory_table.get(key))
+                for key in keys
+            ]
             names = model.bundle.features
 
             def contributions(rows: list[int]) -> list[dict[str, float]]:
@@ -492,7 +592,7 @@ def build_app(cfg: WorkerConfig, policy: RulePolicy | None = None) -> tuple[Any,
             explained, new_memories = runtime.policy.evaluate_many(scored, memories, contributions)
             for key, old, new in zip(keys, memories, new_memories, strict=True):
                 if new != old:
-                    await store(memory_table, key, new.to_bytes(), source[key])
+                    wb.memories[key] = (new, source[key])
             for alert in explained:
                 key = alert.alert.customer_id.encode()
                 await alerts.send(key=key, value=orjson.dumps(alert.to_dict()))
@@ -506,21 +606,27 @@ def build_app(cfg: WorkerConfig, policy: RulePolicy | None = None) -> tuple[Any,
     processing = asyncio.Lock()  # the agent's batches and the guard's tail check
 
     async def process_with_gaps(batch: list[Any], gaps: list[Gap]) -> None:
-        filled: list[tuple[Gap, list[Any], bool]] = []
+        discard_if_rebalanced()
+        filled: list[Any] = []
         for gap in gaps:
             records, complete = await guard.read(gap)
             guard.advance(gap, records)
-            filled.append((gap, records, complete))
-        await process([ev for _, records, _ in filled for ev in records] + batch)
-        for gap, records, complete in filled:
+            filled += records
             offsets = (
-                range(gap.start, gap.end) if complete else (ev.message.offset for ev in records)
+                range(gap.start, gap.end) if complete else [ev.message.offset for ev in records]
             )
-            mark_acked(app.consumer, gap.tp, offsets)
+            wb.held_gaps.append((gap.tp, offsets))  # acknowledged at the flush
             counts["refetched"] += len(records)
+        await process(filled + batch)
 
     @app.agent(events, name="fold-and-score")
     async def fold_and_score(stream: Any) -> None:
+        # the first look at the registry comes first: events read before the champion
+        # is loaded would go unscored (a worker without a champion goes on at once)
+        try:
+            await asyncio.wait_for(runtime.first_check.wait(), timeout=60)
+        except TimeoutError:
+            logger.warning("no answer from the model registry in 60 s: folding without scores")
         async for batch in stream.take_events(cfg.batch_size, within=cfg.batch_within):
             began = time.time()
             stamps = np.fromiter((ev.message.timestamp for ev in batch), np.float64, len(batch))
@@ -532,6 +638,15 @@ def build_app(cfg: WorkerConfig, policy: RulePolicy | None = None) -> tuple[Any,
             runtime.last_processed = done
             runtime.observe("churn_batch_processing_seconds", [done - began])
             runtime.observe("churn_event_latency_seconds", done - stamps)
+
+    @app.timer(interval=max(cfg.flush_seconds / 2, 0.25))  # type: ignore[untyped-decorator]
+    async def flush_when_idle() -> None:
+        """A stream that stops still gets its last changes written and committed."""
+        if wb.since is None or time.monotonic() - wb.since < cfg.flush_seconds:
+            return
+        async with processing:
+            if wb.since is not None:
+                await flush()
 
     @app.timer(interval=5.0)  # type: ignore[untyped-decorator]
     async def check_tails() -> None:
