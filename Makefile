@@ -9,7 +9,7 @@ DATA ?= data
 DEMO_CUSTOMERS ?= 20000
 DEMO_MONTHS ?= 24
 
-.PHONY: install demo test lint bench bench-stream bench-training bench-import bench-monitoring schema clean
+.PHONY: install demo test lint bench bench-stream bench-training bench-import bench-monitoring bench-flush schema clean
 
 install: $(STAMP)
 
@@ -50,6 +50,9 @@ bench-stream: $(STAMP)
 
 bench-monitoring: $(STAMP)
 	$(PY) -m bench.stream --customers 600 --runs 3 --overhead
+
+bench-flush: $(STAMP)
+	$(PY) -m bench.compare --runs 3 --config per-batch:CHURN_FLUSH_SECONDS=0 --config write-behind:CHURN_FLUSH_SECONDS=1
 
 bench-import: $(STAMP)
 	$(PY) -m bench.importer --rows 10000000

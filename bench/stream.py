@@ -138,6 +138,28 @@ def _rss_mb(pid: int) -> float:
     return float("nan")
 
 
+def train_champion(work: Path) -> Any:
+    """A champion model in the embedded store under ``work``, trained quickly; returns
+    its training set."""
+    bank = work / "train.parquet"
+    write_parquet(SimConfig(customers=2500, months=24, seed=23), bank, workers=1)
+    ts = build_training_set(scan_log(bank), date(2024, 7, 1), date(2025, 10, 1), 30).frame
+    store = Store.resolve(work, environ={})
+    now = datetime.now(UTC)
+    register(
+        store,
+        train_models(
+            ts,
+            __import__("features").LabelConfig(),
+            TrainConfig(max_rounds=300),
+            events=scan_log(bank),  # the drift reference at events, as the worker scores
+            now=now,
+        ),
+    )
+    promote(store, who="bench", now=now)
+    return ts
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--customers", type=int, default=600)
@@ -156,23 +178,7 @@ def main() -> int:
     )
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="bench-stream-"))
-    # a champion model, trained quickly
-    bank = work / "train.parquet"
-    write_parquet(SimConfig(customers=2500, months=24, seed=23), bank, workers=1)
-    ts = build_training_set(scan_log(bank), date(2024, 7, 1), date(2025, 10, 1), 30).frame
-    store = Store.resolve(work, environ={})
-    now = datetime.now(UTC)
-    register(
-        store,
-        train_models(
-            ts,
-            __import__("features").LabelConfig(),
-            TrainConfig(max_rounds=300),
-            events=scan_log(bank),  # the drift reference at events, as the worker scores
-            now=now,
-        ),
-    )
-    promote(store, who="bench", now=now)
+    ts = train_champion(work)
     log = work / "events.parquet"
     write_parquet(SimConfig(customers=args.customers, months=12, seed=5), log, workers=1)
     frame = load_replay(log)

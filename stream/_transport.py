@@ -21,8 +21,7 @@ from faust.transport.drivers import aiokafka as _faust_aiokafka
 __all__ = ["FETCH_MAX_WAIT_MS", "SCHEME", "Transport", "set_fetch_wait"]
 
 # set by the worker from CHURN_FETCH_WAIT_MS (WorkerConfig.fetch_wait_ms); faust's own
-# 1,500 ms by default: with 50 ms the scale-out test stalled (commits held by a lost
-# acknowledgement) in 2 of 3 runs here
+# 1,500 ms by default
 FETCH_MAX_WAIT_MS = 1500
 SCHEME = "churnkafka"
 
