@@ -62,6 +62,7 @@ STATE_BUCKETS: Final = (256.0, 512.0, 1024.0, 2048.0, 4096.0, 8192.0, 16384.0, 6
 # name -> type, as exposed (counters with their ``_total``)
 WORKER_METRICS: Final = {
     "churn_events_consumed_total": "counter",
+    "churn_events_refetched_total": "counter",
     "churn_events_processed_total": "counter",
     "churn_events_dead_lettered_total": "counter",
     "churn_consumer_lag": "gauge",

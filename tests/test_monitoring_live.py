@@ -112,10 +112,11 @@ def start_prometheus(tmp_path: Path, targets: list[str]) -> Prometheus:
 
 
 def stream_bank(broker: Broker, tmp_path: Path, shift: float) -> None:
-    """Simulate May-December 2025 for 200 customers (the champion's calendar); backfill
-    it, then replay its last 10 days live."""
+    """Simulate May-December 2025 for 300 customers (the champion's calendar); backfill
+    it, then replay its last 10 days live. (With 200, the 7-day drift window held 191
+    scores in one run: below the rule's floor of 200, so the alert could not fire.)"""
     log = tmp_path / "bank.parquet"
-    cfg = SimConfig(customers=200, months=8, seed=41, start=date(2025, 5, 1))
+    cfg = SimConfig(customers=300, months=8, seed=41, start=date(2025, 5, 1))
     write_parquet(cfg.replace(shift_share=shift, shift_days=30), log, workers=1)
     end = load_replay(log)["occurred_at"].max()
     cut = end - timedelta(days=10)  # type: ignore[operator]

@@ -121,3 +121,35 @@ def test_a_new_generation_expects_each_partition_from_its_committed_offset() -> 
     assert guard.observe(_events(fresh, range(3, 4))) == [Gap(fresh, 0, 3)]
     # other topics (a table's changelog) are not the guard's
     assert guard.observe(_events(TP("other", 0), range(50, 51))) == []
+
+
+def test_records_before_the_groups_commit_are_not_read_again(broker: Broker) -> None:
+    """faust's view of the commit can be behind the group's (a partition taken over
+    from a worker that committed): the guard reads only from the group's commit on."""
+    from aiokafka import AIOKafkaConsumer, TopicPartition
+
+    bootstrap = broker.url.removeprefix("kafka://")
+    _produce(bootstrap, 30)
+    tp = TP(TOPIC, 1)
+
+    async def run() -> tuple[list[Any], bool]:
+        committer = AIOKafkaConsumer(
+            bootstrap_servers=bootstrap, group_id="workers", enable_auto_commit=False
+        )
+        await committer.start()
+        try:
+            atp = TopicPartition(TOPIC, 1)
+            committer.assign([atp])
+            await committer.commit({atp: 15})
+        finally:
+            await committer.stop()
+        app = SimpleNamespace(consumer=_Consumer({}), consumer_generation_id=1)
+        guard = OffsetGuard(app, TOPIC, bootstrap, group="workers")
+        try:
+            return await guard.read(Gap(tp, 0, 20))
+        finally:
+            await guard.stop()
+
+    records, complete = asyncio.run(run())
+    assert complete
+    assert [r.message.offset for r in records] == list(range(15, 20))
