@@ -159,9 +159,12 @@ def _bare(block: bytes, delimiter: str) -> bool:
     """Whether no field of these lines begins or ends with whitespace, so that
     stripping would change none: no space, control or non-ASCII byte (a multi-byte
     character may be whitespace) next to a delimiter, a line end or an end of the
-    block. Positions of such bytes are found with numpy (a few per line)."""
+    block. Such bytes and the line ends are found in one pass with numpy (two
+    comparisons of the block would cost as much as the rest of the check)."""
     b = np.frombuffer(block, np.uint8)
-    at = np.flatnonzero((b.view(np.int8) <= 32) & (b != 10))
+    at = np.flatnonzero(b.view(np.int8) <= 32)  # line ends among them
+    here = b[at]
+    at = at[here != 10]
     if not at.size:
         return True
     d, last = ord(delimiter), b.size - 1
@@ -338,11 +341,15 @@ def _minor(spec: AmountSpec) -> pl.Expr:
     return value.abs() if spec.absolute else value
 
 
-def _coded(spec: FieldSpec, staged: str | None = None) -> tuple[pl.Expr, pl.Expr]:
+def _coded(
+    spec: FieldSpec, staged: str | None = None, texts: pl.DataType = pl.String
+) -> tuple[pl.Expr, pl.Expr]:
     """(value, unknown code?) of a field spec; ``staged``: the column the value is
-    staged as, which the unknown test then reads (rather than map the codes again)."""
+    staged as, which the unknown test then reads (rather than map the codes again);
+    ``texts``: the type of a code's or a constant's value (an Enum of the texts it
+    can be: each then hashed and written once, not once a row)."""
     if spec.value is not None:
-        return pl.lit(spec.value.strip(), pl.String), pl.lit(False)
+        return pl.lit(spec.value.strip(), texts), pl.lit(False)
     assert spec.column is not None  # noqa: S101 - from_dict guarantees it
     col = _src(spec.column)
     default = None if spec.default is None else pl.lit(spec.default.strip(), pl.String)
@@ -354,7 +361,7 @@ def _coded(spec: FieldSpec, staged: str | None = None) -> tuple[pl.Expr, pl.Expr
         [k.strip() for k, _ in spec.map],
         [v.strip() for _, v in spec.map],
         default=None,
-        return_dtype=pl.String,
+        return_dtype=texts,
     )
     if default is not None:
         return mapped.fill_null(default), pl.lit(False)
@@ -456,7 +463,9 @@ def _transform(mapping: ImportMapping) -> _Plan:
     when, local = _time(mapping.occurred_at)
     if local:  # placed in time per batch, as "_t" (see _Plan.apply)
         put(_LOCAL, when)
-    etype_e, unknown_type_e = _coded(mapping.event_type, "_etype")
+    # the columns filled from codes or constants hold Enums of their few texts
+    enums = _coded_texts(mapping)
+    etype_e, unknown_type_e = _coded(mapping.event_type, "_etype", enums.get("event_type", pl.String))
     etype, unknown_type = put("_etype", etype_e), put("_unknown_type", unknown_type_e, True)
     cust = _src(mapping.customer_id)
     out: dict[str, pl.Expr] = {
@@ -507,7 +516,9 @@ def _transform(mapping: ImportMapping) -> _Plan:
     if mapping.currency is not None and money_types:
         currency = mapping.currency
         if currency.value is not None:  # a constant, an ISO code (checked with the mapping)
-            out["currency"] = pl.when(is_money).then(pl.lit(currency.value.strip(), pl.String))
+            out["currency"] = pl.when(is_money).then(
+                pl.lit(currency.value.strip(), enums["currency"])
+            )
         else:
             ccy_e, unknown_ccy_e = _coded(currency, "_ccy")
             ccy, unknown_ccy = put("_ccy", ccy_e), put("_unknown_ccy", unknown_ccy_e, True)
@@ -542,7 +553,7 @@ def _transform(mapping: ImportMapping) -> _Plan:
         coded = spec is not None and (spec.value is not None or bool(spec.map))
         blank = not (coded and spec is not None and all(v.strip() for v in spec.values()))
         value, unknown = (
-            _coded(spec, None if blank else f"_v_{name}")
+            _coded(spec, None if blank else f"_v_{name}", enums.get(name, pl.String))
             if spec is not None
             else (pl.lit(None, pl.String), pl.lit(False))
         )
@@ -582,7 +593,8 @@ def _transform(mapping: ImportMapping) -> _Plan:
                     & ~_among(filled, [str(a) for a in rule.allowed], possible_here)
                 )
             elif rule.kind == "id":
-                bad_value = bad_value | (here & filled.is_not_null() & ~filled.str.contains(_ID_RE))
+                text = filled.cast(pl.String) if name in enums else filled
+                bad_value = bad_value | (here & filled.is_not_null() & ~text.str.contains(_ID_RE))
             elif rule.kind == "int":
                 n = filled.cast(pl.Int64, strict=False)
                 ok = n.is_not_null()
@@ -618,7 +630,9 @@ def _transform(mapping: ImportMapping) -> _Plan:
         ]
     # the columns the mapping can fill (the others are null: see _table)
     out["schema_version"] = pl.lit(1, pl.Int16)
-    columns = [out[c].cast(dt).alias(c) for c, dt in LOG_SCHEMA.items() if c in out]
+    columns = [
+        out[c].cast(enums.get(c, dt)).alias(c) for c, dt in LOG_SCHEMA.items() if c in out
+    ]
     bad = [c.bad.fill_null(False) for c in checks]
     reason: pl.Expr = pl.lit(None, pl.String)
     fld: pl.Expr = pl.lit(None, pl.String)
@@ -715,8 +729,17 @@ class ImportReport:
         return "\n".join(lines)
 
 
-def _arrow_schema() -> pa.Schema:
-    return pl.DataFrame(schema=LOG_SCHEMA).to_arrow(compat_level=pl.CompatLevel.oldest()).schema
+_DICTIONARY: Final = pa.dictionary(pa.int32(), pa.large_string())
+
+
+def _arrow_schema(coded: Iterable[str] = ()) -> pa.Schema:
+    """The event log's Arrow schema; ``coded`` columns as dictionaries of their texts
+    (written as Parquet dictionaries directly, and read back as text)."""
+    schema = pl.DataFrame(schema=LOG_SCHEMA).to_arrow(compat_level=pl.CompatLevel.oldest()).schema
+    for name in coded:
+        at = schema.get_field_index(name)
+        schema = schema.set(at, schema.field(at).with_type(_DICTIONARY))
+    return schema
 
 
 _UNHASHED: Final = frozenset({"event_id", "schema_version", "published_at", "raw"})
@@ -728,7 +751,9 @@ def _write_options(generated_ids: bool) -> dict[str, Any]:
     Dictionary encoding only where values repeat (texts, not ids); lz4, which costs
     a third less CPU than zstd for a larger file; generated ids (random hex) left
     uncompressed, as lz4 would save a fifth of their size for three times the CPU of
-    writing them plain; no statistics (min/max) of ids, which serve no filter."""
+    writing them plain; no statistics (min/max) of ids, which serve no filter. The
+    Arrow schema is not stored: coded columns, written from dictionaries, are then
+    read back as text (with it, polars would read them as categoricals)."""
     plain = {"event_id"} if generated_ids else set()
     return {
         "compression": {c: "none" if c in plain else "lz4" for c in LOG_SCHEMA},
@@ -736,6 +761,7 @@ def _write_options(generated_ids: bool) -> dict[str, Any]:
             c for c, dt in LOG_SCHEMA.items() if dt == pl.String and c != "event_id"
         ],
         "write_statistics": [c for c in LOG_SCHEMA if c not in ("event_id", "raw")],
+        "store_schema": False,
     }
 
 
@@ -751,23 +777,30 @@ def row_ids(events: pl.DataFrame, prefix: str) -> pl.Series:
     ...     "card").to_list()
     ['card-5567648d7b8ff3ace8c37e4917466c10']
     """
-    return hex_ids(_lanes(events, {}), prefix)
+    return hex_ids(_lanes(events), prefix)
 
 
-def _lanes(events: pl.DataFrame, coded: dict[str, pl.Enum]) -> Lanes:
-    """The hash lanes of events; ``coded`` gives the few texts a column can hold
-    (those of a mapping's codes), so that each is hashed once, not once a row."""
-    columns: list[tuple[int, pl.Series | U64]] = []
-    for position, name in enumerate(LOG_SCHEMA):
-        if name in _UNHASHED or name not in events.columns:
-            continue
-        values = events[name]
-        if name in coded and values.dtype == pl.String:
-            codes = values.cast(coded[name], strict=False)
-            if codes.null_count() == values.null_count():  # else a text not foreseen
-                values = codes
-        columns.append((position, values))
+def _lanes(events: pl.DataFrame) -> Lanes:
+    """The hash lanes of events (an Enum column's texts are hashed once each)."""
+    columns: list[tuple[int, pl.Series | U64]] = [
+        (position, events[name])
+        for position, name in enumerate(LOG_SCHEMA)
+        if name not in _UNHASHED and name in events.columns
+    ]
     return hash_columns(columns, events.height)
+
+
+def _encoded(events: pl.DataFrame, coded: dict[str, pl.Enum]) -> pl.DataFrame:
+    """Events with the columns of ``coded`` (the few texts each can hold: those of a
+    mapping's codes) as Enums, so that each text is hashed and written once, not
+    once a row; a column with a text not foreseen stays text."""
+    names = [c for c in coded if c in events.columns and events[c].dtype == pl.String]
+    if not names:
+        return events
+    codes = events.select(pl.col(c).cast(coded[c], strict=False) for c in names)
+    return events.with_columns(
+        codes[c] for c in names if codes[c].null_count() == events[c].null_count()
+    )
 
 
 def _coded_texts(mapping: ImportMapping) -> dict[str, pl.Enum]:
@@ -780,7 +813,7 @@ def _coded_texts(mapping: ImportMapping) -> dict[str, pl.Enum]:
     for name, spec in specs.items():
         if LOG_SCHEMA[name] != pl.String or (spec.value is None and not spec.map):
             continue
-        texts = set(spec.values())
+        texts = {v.strip() for v in spec.values()}  # as _coded gives them
         if name == "currency":
             texts |= {t.upper() for t in texts}
         for t in mapping.event_types():
@@ -792,8 +825,9 @@ def _coded_texts(mapping: ImportMapping) -> dict[str, pl.Enum]:
 
 
 def _table(events: pl.DataFrame, ids: pa.Array | None, schema: pa.Schema) -> pa.Table:
-    """Events as an Arrow table of the event-log schema: the columns the mapping
-    fills, ``ids`` (when generated) and typed nulls for the rest (cheap to write)."""
+    """Events as an Arrow table of ``schema`` (the event log's): the columns the
+    mapping fills (texts or Enums as the schema's texts or dictionaries), ``ids``
+    (when generated) and typed nulls for the rest (cheap to write)."""
     filled = events.to_arrow(compat_level=pl.CompatLevel.oldest())
     n = events.height
     arrays = []
@@ -839,12 +873,13 @@ def import_events(
     coded = _coded_texts(mapping)
     out.parent.mkdir(parents=True, exist_ok=True)
     rejects.parent.mkdir(parents=True, exist_ok=True)
-    schema = _arrow_schema()
+    schema = _arrow_schema(coded)
     prefix = mapping.id_prefix if mapping.event_id is None else None
 
     def arrow(events: pl.DataFrame) -> pa.Table:
         """The event log's Arrow table of events, with generated ids (numpy)."""
-        ids = None if prefix is None else hex_id_array(_lanes(events, coded), prefix)
+        events = _encoded(events, coded)
+        ids = None if prefix is None else hex_id_array(_lanes(events), prefix)
         return _table(events, ids, schema)
 
     with (

@@ -211,6 +211,52 @@ def test_dirty_extract_rejects_rows_with_the_right_reasons_and_keeps_the_valid(
     assert str(events[0].occurred_at) == "2025-02-01 00:00:00+00:00"
 
 
+def test_coded_columns_are_written_and_read_back_as_text(tmp_path: Path) -> None:
+    """Columns filled from codes are written from Enums (each text hashed and written
+    once); the log reads back as text, with the values and ids of plain texts."""
+    mapping = ImportMapping.from_dict(
+        {
+            "source": {"delimiter": ","},
+            "customer_id": "cust",
+            "occurred_at": {"column": "day", "format": "%Y-%m-%d", "timezone": "UTC"},
+            "event_type": {"column": "code", "map": {"T": "transfer_out", "P": "card_payment"}},
+            "amount": {"column": "amt"},
+            "currency": {"column": "ccy", "map": {"r": "CNY", "e": "EUR"}},
+            "balance": {"column": "bal"},
+            "fields": {
+                "counterparty": {"column": "cp", "map": {"E": "external"}, "default": "internal"},
+                "counterparty_bank": {"column": "bank", "map": {"X": " BANK_X "}},
+                "merchant_category": {"value": "groceries"},
+                "channel": {"column": "ch", "map": {"P": "pos", "M": "mobile"}},
+            },
+        }
+    )
+    src = tmp_path / "coded.csv"
+    src.write_text(
+        "cust,day,code,amt,bal,ccy,cp,bank,ch\n"
+        "C1,2025-01-02,T,5.00,1.00,r,E,X,\n"  # channel: the transfer's default (mobile)
+        "C1,2025-01-03,P,2.50,1.00,e,,,P\n"
+        "C2,2025-01-03,T,1.00,1.00,r,,,M\n",
+        encoding="utf-8",
+    )
+    report = import_events([src], mapping, tmp_path / "ev.parquet")
+    assert report.rejected == {} and report.events == 3
+    got = pl.read_parquet(tmp_path / "ev.parquet")
+    assert {c: got.schema[c] for c in ("event_type", "currency", "channel")} == {
+        "event_type": pl.String,
+        "currency": pl.String,
+        "channel": pl.String,
+    }
+    assert got.select(
+        "event_type", "currency", "counterparty", "counterparty_bank", "merchant_category", "channel"
+    ).rows() == [
+        ("transfer_out", "CNY", "external", "BANK_X", None, "mobile"),
+        ("card_payment", "EUR", None, None, "groceries", "pos"),
+        ("transfer_out", "CNY", "internal", None, None, "mobile"),
+    ]
+    assert got["event_id"].to_list() == row_ids(got, mapping.id_prefix).to_list()
+
+
 def test_reject_rate_over_the_threshold_exits_1(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
