@@ -342,12 +342,13 @@ def _minor(spec: AmountSpec) -> pl.Expr:
 
 
 def _coded(
-    spec: FieldSpec, staged: str | None = None, texts: pl.DataType = pl.String
+    spec: FieldSpec, staged: str | None = None, texts: pl.DataType | None = None
 ) -> tuple[pl.Expr, pl.Expr]:
     """(value, unknown code?) of a field spec; ``staged``: the column the value is
     staged as, which the unknown test then reads (rather than map the codes again);
     ``texts``: the type of a code's or a constant's value (an Enum of the texts it
-    can be: each then hashed and written once, not once a row)."""
+    can be: each then hashed and written once, not once a row; None: text)."""
+    texts = texts or pl.String()
     if spec.value is not None:
         return pl.lit(spec.value.strip(), texts), pl.lit(False)
     assert spec.column is not None  # noqa: S101 - from_dict guarantees it
@@ -465,7 +466,7 @@ def _transform(mapping: ImportMapping) -> _Plan:
         put(_LOCAL, when)
     # the columns filled from codes or constants hold Enums of their few texts
     enums = _coded_texts(mapping)
-    etype_e, unknown_type_e = _coded(mapping.event_type, "_etype", enums.get("event_type", pl.String))
+    etype_e, unknown_type_e = _coded(mapping.event_type, "_etype", enums.get("event_type"))
     etype, unknown_type = put("_etype", etype_e), put("_unknown_type", unknown_type_e, True)
     cust = _src(mapping.customer_id)
     out: dict[str, pl.Expr] = {
@@ -553,7 +554,7 @@ def _transform(mapping: ImportMapping) -> _Plan:
         coded = spec is not None and (spec.value is not None or bool(spec.map))
         blank = not (coded and spec is not None and all(v.strip() for v in spec.values()))
         value, unknown = (
-            _coded(spec, None if blank else f"_v_{name}", enums.get(name, pl.String))
+            _coded(spec, None if blank else f"_v_{name}", enums.get(name))
             if spec is not None
             else (pl.lit(None, pl.String), pl.lit(False))
         )
@@ -630,9 +631,7 @@ def _transform(mapping: ImportMapping) -> _Plan:
         ]
     # the columns the mapping can fill (the others are null: see _table)
     out["schema_version"] = pl.lit(1, pl.Int16)
-    columns = [
-        out[c].cast(enums.get(c, dt)).alias(c) for c, dt in LOG_SCHEMA.items() if c in out
-    ]
+    columns = [out[c].cast(enums.get(c, dt)).alias(c) for c, dt in LOG_SCHEMA.items() if c in out]
     bad = [c.bad.fill_null(False) for c in checks]
     reason: pl.Expr = pl.lit(None, pl.String)
     fld: pl.Expr = pl.lit(None, pl.String)

@@ -240,7 +240,8 @@ def test_coded_columns_are_written_and_read_back_as_text(tmp_path: Path) -> None
         encoding="utf-8",
     )
     report = import_events([src], mapping, tmp_path / "ev.parquet")
-    assert report.rejected == {} and report.events == 3
+    assert report.rejected == {}
+    assert report.events == 3
     got = pl.read_parquet(tmp_path / "ev.parquet")
     assert {c: got.schema[c] for c in ("event_type", "currency", "channel")} == {
         "event_type": pl.String,
@@ -248,7 +249,12 @@ def test_coded_columns_are_written_and_read_back_as_text(tmp_path: Path) -> None
         "channel": pl.String,
     }
     assert got.select(
-        "event_type", "currency", "counterparty", "counterparty_bank", "merchant_category", "channel"
+        "event_type",
+        "currency",
+        "counterparty",
+        "counterparty_bank",
+        "merchant_category",
+        "channel",
     ).rows() == [
         ("transfer_out", "CNY", "external", "BANK_X", None, "mobile"),
         ("card_payment", "EUR", None, None, "groceries", "pos"),
