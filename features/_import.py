@@ -665,6 +665,11 @@ class _Plan:
     columns: list[pl.Expr]
     reasons: list[pl.Expr]
 
+    @property
+    def filled(self) -> list[str]:
+        """The event-log columns these events fill (the others are null)."""
+        return [c.meta.output_name() for c in self.columns]
+
     def apply(self, batch: pl.DataFrame) -> tuple[pl.DataFrame, pl.DataFrame]:
         """(events, rejects with row, _raw, _reason, _field, _value) of a batch."""
         staged = batch.lazy().with_columns(**self.stage).with_columns(**self.then).collect()
@@ -744,20 +749,23 @@ def _arrow_schema(coded: Iterable[str] = ()) -> pa.Schema:
 _UNHASHED: Final = frozenset({"event_id", "schema_version", "published_at", "raw"})
 
 
-def _write_options(generated_ids: bool) -> dict[str, Any]:
+def _write_options(generated_ids: bool, filled: Iterable[str]) -> dict[str, Any]:
     """``pq.ParquetWriter`` options of the event log.
 
     Dictionary encoding only where values repeat (texts, not ids); lz4, which costs
     a third less CPU than zstd for a larger file; generated ids (random hex) left
     uncompressed, as lz4 would save a fifth of their size for three times the CPU of
-    writing them plain; no statistics (min/max) of ids, which serve no filter. The
-    Arrow schema is not stored: coded columns, written from dictionaries, are then
-    read back as text (with it, polars would read them as categoricals)."""
-    plain = {"event_id"} if generated_ids else set()
+    writing them plain; no statistics (min/max) of ids, which serve no filter; the
+    columns the mapping does not fill (only nulls) neither compressed nor with a
+    dictionary. The Arrow schema is not stored: coded columns, written from
+    dictionaries, are then read back as text (with it, polars would read them as
+    categoricals)."""
+    used = set(filled) | {"event_id"}
+    plain = {c for c in LOG_SCHEMA if c not in used} | ({"event_id"} if generated_ids else set())
     return {
         "compression": {c: "none" if c in plain else "lz4" for c in LOG_SCHEMA},
         "use_dictionary": [
-            c for c, dt in LOG_SCHEMA.items() if dt == pl.String and c != "event_id"
+            c for c, dt in LOG_SCHEMA.items() if dt == pl.String and c != "event_id" and c in used
         ],
         "write_statistics": [c for c in LOG_SCHEMA if c not in ("event_id", "raw")],
         "store_schema": False,
@@ -882,7 +890,9 @@ def import_events(
         return _table(events, ids, schema)
 
     with (
-        pq.ParquetWriter(out, schema, **_write_options(mapping.event_id is None)) as writer,
+        pq.ParquetWriter(
+            out, schema, **_write_options(mapping.event_id is None, plan.filled)
+        ) as writer,
         rejects.open("wb") as rej,
         ThreadPoolExecutor(1, thread_name_prefix="import-read") as reader,
         ThreadPoolExecutor(1, thread_name_prefix="import-arrow") as converter,
