@@ -341,6 +341,9 @@ def _minor(spec: AmountSpec) -> pl.Expr:
     return value.abs() if spec.absolute else value
 
 
+_FEW_CODES: Final = 6
+
+
 def _coded(
     spec: FieldSpec, staged: str | None = None, texts: pl.DataType | None = None
 ) -> tuple[pl.Expr, pl.Expr]:
@@ -358,12 +361,16 @@ def _coded(
         return (col if default is None else pl.when(_blank(col)).then(default).otherwise(col)), (
             pl.lit(False)
         )
-    mapped = col.replace_strict(
-        [k.strip() for k, _ in spec.map],
-        [v.strip() for _, v in spec.map],
-        default=None,
-        return_dtype=texts,
-    )
+    pairs = [(k.strip(), v.strip()) for k, v in spec.map]
+    if len(pairs) <= _FEW_CODES:  # a few comparisons cost less than replace_strict's join
+        chain: Any = pl.when(col == pairs[0][0]).then(pl.lit(pairs[0][1], texts))
+        for k, v in pairs[1:]:
+            chain = chain.when(col == k).then(pl.lit(v, texts))
+        mapped = chain.otherwise(pl.lit(None, texts))
+    else:
+        mapped = col.replace_strict(
+            [k for k, _ in pairs], [v for _, v in pairs], default=None, return_dtype=texts
+        )
     if default is not None:
         return mapped.fill_null(default), pl.lit(False)
     return mapped, (mapped if staged is None else pl.col(staged)).is_null() & ~_blank(col)
