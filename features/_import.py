@@ -636,7 +636,7 @@ def _transform(mapping: ImportMapping) -> _Plan:
             _Check(missing, "missing_value", name, pl.lit(None, pl.String)),
             _Check(bad_value, "invalid_value", name, raw_value),
         ]
-    # the columns the mapping can fill (the others are null: see _table)
+    # the columns the mapping can fill (the others are left out: see _arrow_schema)
     out["schema_version"] = pl.lit(1, pl.Int16)
     columns = [out[c].cast(enums.get(c, dt)).alias(c) for c, dt in LOG_SCHEMA.items() if c in out]
     bad = [c.bad.fill_null(False) for c in checks]
@@ -674,7 +674,7 @@ class _Plan:
 
     @property
     def filled(self) -> list[str]:
-        """The event-log columns these events fill (the others are null)."""
+        """The event-log columns these events fill (the others are left out)."""
         return [c.meta.output_name() for c in self.columns]
 
     def apply(self, batch: pl.DataFrame) -> tuple[pl.DataFrame, pl.DataFrame]:
@@ -743,38 +743,42 @@ class ImportReport:
 _DICTIONARY: Final = pa.dictionary(pa.int32(), pa.large_string())
 
 
-def _arrow_schema(coded: Iterable[str] = ()) -> pa.Schema:
-    """The event log's Arrow schema; ``coded`` columns as dictionaries of their texts
-    (written as Parquet dictionaries directly, and read back as text)."""
-    schema = pl.DataFrame(schema=LOG_SCHEMA).to_arrow(compat_level=pl.CompatLevel.oldest()).schema
+def _arrow_schema(filled: Iterable[str], coded: Iterable[str] = ()) -> pa.Schema:
+    """The Arrow schema of an imported event log: ``event_id`` and the ``filled``
+    columns (those a mapping can fill), in the log's order, typed as in the log;
+    ``coded`` ones as dictionaries of their texts (written as Parquet dictionaries
+    directly, and read back as text).
+
+    The other columns of the log are left out rather than written as nulls (which
+    cost a twentieth of an import): ``features.scan_log`` reads an absent optional
+    column as nulls of its type, as the log's contract says."""
+    keep = {"event_id", *filled}
+    schema = pl.DataFrame(schema={c: dt for c, dt in LOG_SCHEMA.items() if c in keep})
+    arrow = schema.to_arrow(compat_level=pl.CompatLevel.oldest()).schema
     for name in coded:
-        at = schema.get_field_index(name)
-        schema = schema.set(at, schema.field(at).with_type(_DICTIONARY))
-    return schema
+        at = arrow.get_field_index(name)
+        if at >= 0:
+            arrow = arrow.set(at, arrow.field(at).with_type(_DICTIONARY))
+    return arrow
 
 
 _UNHASHED: Final = frozenset({"event_id", "schema_version", "published_at", "raw"})
 
 
-def _write_options(generated_ids: bool, filled: Iterable[str]) -> dict[str, Any]:
+def _write_options(generated_ids: bool, schema: pa.Schema) -> dict[str, Any]:
     """``pq.ParquetWriter`` options of the event log.
 
     Dictionary encoding only where values repeat (texts, not ids); lz4, which costs
     a third less CPU than zstd for a larger file; generated ids (random hex) left
     uncompressed, as lz4 would save a fifth of their size for three times the CPU of
-    writing them plain; no statistics (min/max) of ids, which serve no filter; the
-    columns the mapping does not fill (only nulls) neither compressed nor with a
-    dictionary. The Arrow schema is not stored: coded columns, written from
-    dictionaries, are then read back as text (with it, polars would read them as
-    categoricals)."""
-    used = set(filled) | {"event_id"}
-    plain = {c for c in LOG_SCHEMA if c not in used} | ({"event_id"} if generated_ids else set())
+    writing them plain; no statistics (min/max) of ids, which serve no filter. The
+    Arrow schema is not stored: coded columns, written from dictionaries, are then
+    read back as text (with it, polars would read them as categoricals)."""
+    names = schema.names
     return {
-        "compression": {c: "none" if c in plain else "lz4" for c in LOG_SCHEMA},
-        "use_dictionary": [
-            c for c, dt in LOG_SCHEMA.items() if dt == pl.String and c != "event_id" and c in used
-        ],
-        "write_statistics": [c for c in LOG_SCHEMA if c not in ("event_id", "raw")],
+        "compression": {c: "none" if generated_ids and c == "event_id" else "lz4" for c in names},
+        "use_dictionary": [c for c in names if LOG_SCHEMA[c] == pl.String and c != "event_id"],
+        "write_statistics": [c for c in names if c not in ("event_id", "raw")],
         "store_schema": False,
     }
 
@@ -839,19 +843,14 @@ def _coded_texts(mapping: ImportMapping) -> dict[str, pl.Enum]:
 
 
 def _table(events: pl.DataFrame, ids: pa.Array | None, schema: pa.Schema) -> pa.Table:
-    """Events as an Arrow table of ``schema`` (the event log's): the columns the
-    mapping fills (texts or Enums as the schema's texts or dictionaries), ``ids``
-    (when generated) and typed nulls for the rest (cheap to write)."""
+    """Events as an Arrow table of ``schema`` (see :func:`_arrow_schema`): the
+    columns the mapping fills (texts or Enums as the schema's texts or
+    dictionaries) and ``ids`` (when generated)."""
     filled = events.to_arrow(compat_level=pl.CompatLevel.oldest())
-    n = events.height
-    arrays = []
-    for f in schema:
-        if f.name == "event_id" and ids is not None:
-            arrays.append(ids)
-        elif f.name in filled.column_names:
-            arrays.append(filled[f.name].cast(f.type))
-        else:
-            arrays.append(pa.nulls(n, f.type))
+    arrays = [
+        ids if f.name == "event_id" and ids is not None else filled[f.name].cast(f.type)
+        for f in schema
+    ]
     return pa.Table.from_arrays(arrays, schema=schema)
 
 
@@ -887,7 +886,7 @@ def import_events(
     coded = _coded_texts(mapping)
     out.parent.mkdir(parents=True, exist_ok=True)
     rejects.parent.mkdir(parents=True, exist_ok=True)
-    schema = _arrow_schema(coded)
+    schema = _arrow_schema(plan.filled, coded)
     prefix = mapping.id_prefix if mapping.event_id is None else None
 
     def arrow(events: pl.DataFrame) -> pa.Table:
@@ -897,9 +896,7 @@ def import_events(
         return _table(events, ids, schema)
 
     with (
-        pq.ParquetWriter(
-            out, schema, **_write_options(mapping.event_id is None, plan.filled)
-        ) as writer,
+        pq.ParquetWriter(out, schema, **_write_options(mapping.event_id is None, schema)) as writer,
         rejects.open("wb") as rej,
         ThreadPoolExecutor(1, thread_name_prefix="import-read") as reader,
         ThreadPoolExecutor(1, thread_name_prefix="import-arrow") as converter,

@@ -73,8 +73,13 @@ def scan_log(path: Path | str) -> pl.LazyFrame:
         raise DataError(
             f"event log {p} lacks columns {missing}; required: {list(REQUIRED_COLUMNS)}"
         )
-    absent = {c: dt for c, dt in LOG_SCHEMA.items() if c not in names}
-    return lf.with_columns(pl.lit(None, dt).alias(c) for c, dt in absent.items())
+    if all(c in names for c in LOG_SCHEMA):
+        return lf
+    # an absent optional column is nulls of its type; the log's columns in its order
+    return lf.select(
+        *(pl.col(c) if c in names else pl.lit(None, dt).alias(c) for c, dt in LOG_SCHEMA.items()),
+        *(c for c in names if c not in LOG_SCHEMA),
+    )
 
 
 def needed_columns() -> list[str]:
