@@ -3,17 +3,35 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from typing import Any
 
-__all__ = ["consumer_lag", "read_records", "read_topic"]
+__all__ = ["consumer_lag", "read_records", "read_topic", "true_end_offsets"]
 
 
-async def _true_ends(consumer: Any, tps: list[Any]) -> dict[Any, int]:
+async def true_end_offsets(
+    bootstrap: str | list[str], tps: list[Any], reported: Mapping[Any, int] | None = None
+) -> dict[Any, int]:
+    """End offsets of ``tps`` read from the data (see :func:`_true_ends`), with a
+    consumer of our own; ``reported``: the broker's answer, when already asked."""
+    from aiokafka import AIOKafkaConsumer
+
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
+    await consumer.start()
+    try:
+        return await _true_ends(consumer, tps, reported)
+    finally:
+        await consumer.stop()
+
+
+async def _true_ends(
+    consumer: Any, tps: list[Any], reported: Mapping[Any, int] | None = None
+) -> dict[Any, int]:
     """End offsets read from the data: the dev broker (Tansu 0.6) answers ListOffsets
     with the base offset of the last batch, not the high watermark, so we read from
-    there to the end."""
-    reported = await consumer.end_offsets(tps) if tps else {}
+    there to the end (on a Kafka broker, that reads nothing)."""
+    if reported is None:
+        reported = await consumer.end_offsets(tps) if tps else {}
     consumer.assign(tps)
     for tp in tps:
         consumer.seek(tp, reported[tp])

@@ -153,3 +153,44 @@ def test_records_before_the_groups_commit_are_not_read_again(broker: Broker) -> 
     records, complete = asyncio.run(run())
     assert complete
     assert [r.message.offset for r in records] == list(range(15, 20))
+
+
+def test_recovery_reads_a_changelog_partition_to_its_true_end(broker: Broker) -> None:
+    """faust's recovery restores a changelog partition up to the end offsets the
+    worker's consumer reports. The dev broker answers ListOffsets with the base offset
+    of a partition's last batch: a changelog written in one batch looked empty, and
+    none of its states came back after a crash. The worker's transport reads the ends
+    from the data."""
+    from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+    from aiokafka.structs import TopicPartition
+    from yarl import URL
+
+    from stream._transport import _ConsumerThread
+
+    bootstrap = broker.url.removeprefix("kafka://")
+    topic = "guard.changelog"
+
+    tps = [TopicPartition(topic, 0), TopicPartition(topic, 1)]  # as faust's assignment has them
+
+    async def run() -> dict[TP, int]:
+        await ensure_topics(bootstrap, [topic], 2)
+        p = AIOKafkaProducer(bootstrap_servers=bootstrap, linger_ms=200)
+        await p.start()
+        try:  # seven records in one batch, as a flush of seven states sends them
+            sent = [await p.send(topic, f"s{i}".encode(), key=b"k", partition=0) for i in range(7)]
+            await asyncio.gather(*sent)
+        finally:
+            await p.stop()
+        consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
+        await consumer.start()
+        try:
+            thread: Any = object.__new__(_ConsumerThread)  # the method under test only
+            thread._consumer = consumer
+            thread.consumer = SimpleNamespace(in_transaction=False)
+            thread.transport = SimpleNamespace(url=[URL(broker.url)], default_port=9092)
+            ends: dict[TP, int] = await thread._highwaters(tps)
+            return ends
+        finally:
+            await consumer.stop()
+
+    assert asyncio.run(run()) == {tps[0]: 7, tps[1]: 0}

@@ -176,7 +176,7 @@ def assert_states_match_offline(states: dict[str, CustomerState], log: Path) -> 
             same = (math.isnan(value) and (other is None or math.isnan(other))) or value == other
             if not same:
                 mismatches.append((cid, name, value, other))
-    assert mismatches == []
+    assert mismatches == [], f"{len(mismatches)} features differ: {mismatches[:60]}"
 
 
 def test_live_scores_equal_batch_scores_and_dirty_input_is_accounted(
