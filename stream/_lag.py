@@ -13,15 +13,20 @@ async def true_end_offsets(
     bootstrap: str | list[str], tps: list[Any], reported: Mapping[Any, int] | None = None
 ) -> dict[Any, int]:
     """End offsets of ``tps`` read from the data (see :func:`_true_ends`), with a
-    consumer of our own; ``reported``: the broker's answer, when already asked."""
+    consumer of our own; ``reported``: the broker's answer, when already asked. Keyed
+    as given (faust's partitions are not aiokafka's, which its consumer requires)."""
     from aiokafka import AIOKafkaConsumer
+    from aiokafka.structs import TopicPartition
 
+    ours = {TopicPartition(tp.topic, tp.partition): tp for tp in tps}
+    known = None if reported is None else {k: reported[ours[k]] for k in ours}
     consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
     await consumer.start()
     try:
-        return await _true_ends(consumer, tps, reported)
+        ends = await _true_ends(consumer, list(ours), known)
     finally:
         await consumer.stop()
+    return {ours[k]: v for k, v in ends.items()}
 
 
 async def _true_ends(

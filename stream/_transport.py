@@ -14,6 +14,7 @@ Measured with a plain consumer on the dev broker: median delivery 420 ms with a
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping
 from typing import Any
 
@@ -24,6 +25,8 @@ from faust.transport.drivers.aiokafka import server_list
 from stream._lag import true_end_offsets
 
 __all__ = ["FETCH_MAX_WAIT_MS", "SCHEME", "Transport", "set_fetch_wait"]
+
+logger = logging.getLogger(__name__)
 
 # set by the worker from CHURN_FETCH_WAIT_MS (WorkerConfig.fetch_wait_ms); faust's own
 # 1,500 ms by default
@@ -49,7 +52,11 @@ class _ConsumerThread(_faust_aiokafka.AIOKafkaConsumerThread):
             return reported
         transport: Any = self.transport
         bootstrap = server_list(transport.url, transport.default_port)
-        return await true_end_offsets(bootstrap, list(partitions), reported)
+        try:
+            return await true_end_offsets(bootstrap, list(partitions), reported)
+        except Exception:  # faust would end recovery silently: its own answer instead
+            logger.exception("could not read the end offsets of %s from the data", partitions)
+            return reported
 
 
 class _Consumer(_faust_aiokafka.Consumer):
