@@ -55,7 +55,7 @@ class Settings(BaseSettings):
         1500, ge=10, le=60_000, description="longest wait of a worker's fetch (ms)"
     )
     flush_seconds: float = Field(
-        0.0,
+        1.0,
         ge=0,
         le=60,
         description="seconds a worker keeps changed states before writing them to the table "

@@ -88,9 +88,8 @@ class WorkerConfig:
     batch_within: float = 0.05
     fetch_wait_ms: int = 1500  # longest wait of a fetch (see stream._transport)
     cache_size: int = 5_000  # decoded customer states kept in memory
-    # changed states written this often (see WriteBehind); 0: every micro-batch. Not yet
-    # the default: one crash-test run with 1 s lost events (under investigation)
-    flush_seconds: float = 0.0
+    # changed states written this often (see WriteBehind); 0: every micro-batch
+    flush_seconds: float = 1.0
     flush_max: int = 20_000  # ... or when this many customers have changed
     alert_policy: str = ""  # a YAML file; empty: the default policy
     web_port: int = 6066
