@@ -180,6 +180,9 @@ class OffsetGuard:
         committed = await reader.committed(atp) if self.group else None
         if committed and committed > gap.start:
             gap = Gap(gap.tp, committed, max(committed, gap.end))
+        if gap.start >= gap.end:  # all of it committed already: no hole, nothing to read
+            logger.debug("%s: the group's commit %s covers the gap", gap.tp, committed)
+            return [], True
         reader.seek(atp, gap.start)
         out: list[DirectEvent] = []
         deadline = time.monotonic() + timeout
