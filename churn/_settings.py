@@ -52,7 +52,7 @@ class Settings(BaseSettings):
         0.05, gt=0, le=60, description="seconds a micro-batch waits to fill (latency bound)"
     )
     fetch_wait_ms: int = Field(
-        1500, ge=10, le=60_000, description="longest wait of a worker's fetch (ms)"
+        50, ge=10, le=60_000, description="longest wait of a worker's fetch (ms)"
     )
     flush_seconds: float = Field(
         1.0,

@@ -86,7 +86,7 @@ class WorkerConfig:
     model_poll_seconds: float = 30.0
     batch_size: int = 500
     batch_within: float = 0.05
-    fetch_wait_ms: int = 1500  # longest wait of a fetch (see stream._transport)
+    fetch_wait_ms: int = 50  # longest wait of a fetch (see stream._transport)
     cache_size: int = 5_000  # decoded customer states kept in memory
     # changed states written this often (see WriteBehind); 0: every micro-batch
     flush_seconds: float = 1.0
