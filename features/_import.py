@@ -808,19 +808,6 @@ def _lanes(events: pl.DataFrame) -> Lanes:
     return hash_columns(columns, events.height)
 
 
-def _encoded(events: pl.DataFrame, coded: dict[str, pl.Enum]) -> pl.DataFrame:
-    """Events with the columns of ``coded`` (the few texts each can hold: those of a
-    mapping's codes) as Enums, so that each text is hashed and written once, not
-    once a row; a column with a text not foreseen stays text."""
-    names = [c for c in coded if c in events.columns and events[c].dtype == pl.String]
-    if not names:
-        return events
-    codes = events.select(pl.col(c).cast(coded[c], strict=False) for c in names)
-    return events.with_columns(
-        codes[c] for c in names if codes[c].null_count() == events[c].null_count()
-    )
-
-
 def _coded_texts(mapping: ImportMapping) -> dict[str, pl.Enum]:
     """The texts of the columns a mapping fills from codes or constants."""
     specs = dict(mapping.fields)
@@ -891,7 +878,6 @@ def import_events(
 
     def arrow(events: pl.DataFrame) -> pa.Table:
         """The event log's Arrow table of events, with generated ids (numpy)."""
-        events = _encoded(events, coded)
         ids = None if prefix is None else hex_id_array(_lanes(events), prefix)
         return _table(events, ids, schema)
 

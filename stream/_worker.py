@@ -121,6 +121,14 @@ class WriteBehind:
     def pending(self) -> bool:
         return bool(self.states or self.memories or self.held or self.held_gaps)
 
+    def clear(self) -> None:
+        """Nothing pending (after a flush, or dropped by a rebalance)."""
+        self.states.clear()
+        self.memories.clear()
+        self.held.clear()
+        self.held_gaps.clear()
+        self.since = None
+
 
 @dataclass
 class Runtime:
@@ -434,11 +442,7 @@ def build_app(cfg: WorkerConfig, policy: RulePolicy | None = None) -> tuple[Any,
             )
         for key in wb.states:
             runtime.cache.pop(key, None)  # the cached object holds the dropped changes
-        wb.states.clear()
-        wb.memories.clear()
-        wb.held.clear()
-        wb.held_gaps.clear()
-        wb.since = None
+        wb.clear()
         wb.generation = generation
         return True
 
@@ -461,11 +465,7 @@ def build_app(cfg: WorkerConfig, policy: RulePolicy | None = None) -> tuple[Any,
             mark_acked(consumer, tp, offsets)
         runtime.observe("churn_state_bytes", sizes)
         runtime.flushes += 1
-        wb.states.clear()
-        wb.memories.clear()
-        wb.held.clear()
-        wb.held_gaps.clear()
-        wb.since = None
+        wb.clear()
 
     async def process(batch: list[Any]) -> None:
         touched: dict[bytes, CustomerState] = {}
