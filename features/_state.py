@@ -43,7 +43,9 @@ from __future__ import annotations
 
 import bisect
 import itertools
+import threading
 import zlib
+from array import array
 from collections.abc import Callable, Iterable
 from datetime import UTC, datetime, timezone, tzinfo
 from operator import attrgetter
@@ -53,6 +55,7 @@ from typing import Any, Final, Literal, cast
 import msgspec
 import numpy as np
 import numpy.typing as npt
+import zstandard
 
 from features._definitions import (
     AGGREGATES,
@@ -68,7 +71,7 @@ from features.events import EVENT_TYPES, MERCHANT_CATEGORIES, PRODUCT_TYPES, SEG
 
 __all__ = ["STATE_VERSION", "CustomerState", "event_hash", "to_us"]
 
-STATE_VERSION: Final = 2
+STATE_VERSION: Final = 3  # 3: zstd, records in 8 byte planes per column
 EPOCH: Final = datetime(1970, 1, 1, tzinfo=UTC)
 Outcome = Literal["applied", "duplicate", "too_late"]
 
@@ -267,6 +270,7 @@ class CustomerState:
 
     __slots__ = (
         "_arrays",
+        "_flat",
         "_floor",
         "_top",
         "carry_balance",
@@ -285,6 +289,9 @@ class CustomerState:
         self._top = _NONE  # newest event time
         self._floor = _NONE  # first time still in the window: older events are too late
         self.records: list[Record] = []
+        # the same records flat (6 int64 per record), kept beside the list as it
+        # changes: numpy reads them in one copy (serialising, scoring many states)
+        self._flat = array("q")
         self.life: dict[int, list[int]] = {}
         self.carry_balance: int | None = None  # the latest balance among expired records
         self.products: dict[str, tuple[int, int, int]] = {}  # id -> (t, is_closed, type)
@@ -330,6 +337,7 @@ class CustomerState:
         # a duplicate gives the very same record: look for it where it would go
         if not records or record > records[-1]:
             records.append(record)
+            self._flat.extend(record)
         elif record == records[-1]:
             return "duplicate"
         else:
@@ -337,6 +345,7 @@ class CustomerState:
             if records[i] == record:
                 return "duplicate"
             records.insert(i, record)
+            self._flat[6 * i : 6 * i] = array("q", record)
         self._arrays = None
         if life_feeds:
             life = self.life
@@ -406,6 +415,7 @@ class CustomerState:
                 self.carry_balance = records[j][_BAL]
                 break
         del records[:cut]
+        del self._flat[: 6 * cut]
         if self.complaints:
             for cid, (_filed, resolved) in list(self.complaints.items()):
                 if resolved is not None and resolved < horizon_t:
@@ -421,9 +431,13 @@ class CustomerState:
     def branch_id(self) -> str | None:
         return self.manager[2] if self.manager else None
 
+    def matrix(self) -> npt.NDArray[np.int64]:
+        """The records as an (n, 6) array of their own (a copy: the state goes on changing)."""
+        return np.frombuffer(self._flat, np.int64).reshape(-1, 6).copy()
+
     def _columns(self) -> dict[str, npt.NDArray[np.int64]]:
         if self._arrays is None:
-            arr = np.array(self.records, dtype=np.int64).reshape(-1, 6)
+            arr = self.matrix()
             self._arrays = {
                 "t": arr[:, _T],
                 "day": arr[:, _T] // DAY_US,
@@ -533,13 +547,14 @@ class CustomerState:
 
     # ------------------------------------------------------------------ bytes
     def to_bytes(self) -> bytes:
-        """Compact, versioned serialisation: a version byte, then zlib(msgpack); no pickle.
+        """Compact, versioned serialisation: a version byte, then zstd(msgpack); no pickle.
 
         Records are stored column by column (see :func:`_pack_records`); every other
         time is written as the index of a record with that time, or as its distance
         to the newest event (see :class:`_Times`).
         """
-        times = _Times([r[_T] for r in self.records])
+        matrix = self.matrix()
+        times = _Times(matrix[:, _T].tolist())
         life = []
         for i in sorted(self.life):
             rec = self.life[i]
@@ -549,7 +564,7 @@ class CustomerState:
             (
                 self.customer_id,
                 len(self.records),
-                *_pack_records(self.records),
+                *_pack_records(matrix),
                 life,
                 self.carry_balance,
                 [(k, times.put(t), c, p) for k, (t, c, p) in sorted(self.products.items())],
@@ -559,7 +574,8 @@ class CustomerState:
                 sorted(self.closed_complaints),
             )
         )
-        return bytes([STATE_VERSION]) + zlib.compress(body, 1)  # 9 saves 1.5% for 4x the time
+        # zstd level 1: a quarter of zlib level 1's time, and smaller
+        return bytes([STATE_VERSION]) + _zstd().compress(body)
 
     @classmethod
     def from_bytes(cls, data: bytes) -> CustomerState:
@@ -574,9 +590,9 @@ class CustomerState:
                 f"customer state version {version!r}; this engine reads {STATE_VERSION}{older}"
             )
         try:
-            fields = _DECODER.decode(zlib.decompress(data[1:]))
+            fields = _DECODER.decode(_unzstd().decompress(data[1:]))
             s = cls(fields[0])
-            s.records = _unpack_records(fields[2], fields[1], fields[3])
+            s.records, s._flat = _unpack_records(fields[2], fields[1], fields[3])
             times = _Times([r[_T] for r in s.records])
             life, j = fields[4], 0
             while j < len(life):
@@ -594,7 +610,7 @@ class CustomerState:
                 s.manager = (times.get(fields[9][0]), fields[9][1], fields[9][2])
             s.closed_complaints = set(fields[10])
         except (
-            zlib.error,
+            zstandard.ZstdError,
             msgspec.DecodeError,
             ValueError,
             TypeError,
@@ -661,20 +677,30 @@ _IN_BITS: Final = _bits("salary", "inflow_ext", "inflow_int", "interest")
 _OUT_BITS: Final = _bits("card", "outflow_ext", "outflow_int", "cash", "fee", "loan_repayment")
 
 
-def _planes(column: npt.NDArray[np.int64], width: int) -> bytes:
-    """The low ``width`` bytes of each value, plane by plane (all first bytes, ...)."""
+def _planes(columns: npt.NDArray[np.int64]) -> bytes:
+    """Columns (k, n) as byte planes, little-endian: the first bytes of column 0, its
+    second bytes, ... then column 1: the zero high bytes of small numbers line up."""
+    k, n = columns.shape
     return (
-        np.ascontiguousarray(column, dtype="<i8")
+        np.ascontiguousarray(columns, "<i8")
         .view(np.uint8)
-        .reshape(-1, 8)[:, :width]
-        .T.tobytes()
+        .reshape(k, n, 8)
+        .transpose(0, 2, 1)
+        .tobytes()
     )
 
 
-def _unplanes(blob: bytes, at: int, n: int, width: int) -> npt.NDArray[np.int64]:
-    planes = np.zeros((n, 8), np.uint8)
-    planes[:, :width] = np.frombuffer(blob, np.uint8, n * width, at).reshape(width, n).T
-    return planes.view("<i8").reshape(n).astype(np.int64)
+def _unplanes(blob: bytes, k: int, n: int) -> npt.NDArray[np.int64]:
+    planes = np.frombuffer(blob, np.uint8, k * n * 8).reshape(k, 8, n).transpose(0, 2, 1)
+    return np.ascontiguousarray(planes).view("<i8").reshape(k, n).astype(np.int64)
+
+
+def _diff(x: npt.NDArray[np.int64]) -> npt.NDArray[np.int64]:
+    """``np.diff(x, prepend=0)``, without its generality's cost (a third of packing)."""
+    out = np.empty_like(x)
+    out[:1] = x[:1]
+    np.subtract(x[1:], x[:-1], out=out[1:])
+    return out
 
 
 def _zigzag(x: npt.NDArray[np.int64]) -> npt.NDArray[np.int64]:
@@ -685,18 +711,16 @@ def _unzigzag(z: npt.NDArray[np.int64]) -> npt.NDArray[np.int64]:
     return (z >> 1) ^ -(z & 1)
 
 
-def _pack_records(records: list[Record]) -> tuple[bytes, list[int]]:
+def _pack_records(arr: npt.NDArray[np.int64]) -> tuple[bytes, list[int]]:
     """Records as columns, lossless and small: (bytes, palette of signal masks).
 
     Times as differences (from the previous record: never negative); the balance as
     the difference from the previous balance minus the signed amount (zero for a
     well-behaved ledger), zigzag-encoded; all split into byte planes (little-endian)
-    so that zlib finds the zero bytes. The id hashes take
-    their 4 bytes; the signal masks are codes into the table of the masks a valid
-    event can have (or, should one be missing there, into a palette of their own).
+    so that the compressor finds the zero bytes. The signal masks are codes into the
+    table of the masks a valid event can have (or, should one be missing there, into
+    a palette of their own).
     """
-    arr = np.fromiter(itertools.chain.from_iterable(records), np.int64, 6 * len(records))
-    arr = arr.reshape(-1, 6)
     n = arr.shape[0]
     if n == 0:
         return b"", []
@@ -705,47 +729,63 @@ def _pack_records(records: list[Record]) -> tuple[bytes, list[int]]:
     idx = np.where(money, np.arange(n), -1)
     last_money = np.maximum.accumulate(idx)
     carried = np.where(last_money >= 0, bal[np.maximum(last_money, 0)], 0)
-    step = np.diff(carried, prepend=0)
+    step = _diff(carried)
     sign = np.where(mask & _IN_BITS, 1, np.where(mask & _OUT_BITS, -1, 0))
     index = np.searchsorted(_MASKS, mask)
     if (index < _MASKS.size).all() and (_MASKS[np.minimum(index, _MASKS.size - 1)] == mask).all():
         palette: npt.NDArray[np.int64] = np.zeros(0, np.int64)  # codes into _MASKS
     else:
         palette, index = np.unique(mask, return_inverse=True)
-    width = 1 if (palette.size or _MASKS.size) <= 256 else 2
-    parts = (
-        _planes(np.diff(t, prepend=0), 8),
-        _planes(_zigzag(np.where(money, step - sign * value, 0)), 8),
-        _planes(arr[:, _HASH], 4),
-        _planes(value, 8),
-        _planes(arr[:, _AUX], 8),
-        _planes(index.astype(np.int64), width),
-    )
-    return b"".join(parts), palette.tolist()
+    columns = np.empty((6, n), np.int64)
+    columns[0] = _diff(t)
+    columns[1] = _zigzag(np.where(money, step - sign * value, 0))
+    columns[2] = arr[:, _HASH]
+    columns[3] = value
+    columns[4] = arr[:, _AUX]
+    columns[5] = index
+    return _planes(columns), palette.tolist()
 
 
-def _unpack_records(blob: bytes, n: int, palette: list[int]) -> list[Record]:
+def _unpack_records(blob: bytes, n: int, palette: list[int]) -> tuple[list[Record], array[int]]:
+    """The records of :func:`_pack_records`, as a list and flat (``CustomerState._flat``)."""
     if n == 0:
-        return []
+        return [], array("q")
     table = np.asarray(palette, np.int64) if palette else _MASKS
-    width = 1 if table.size <= 256 else 2
-    if len(blob) != n * (36 + width):
+    if len(blob) != n * 48:
         raise ValueError(f"{len(blob)} bytes of records for {n} records")
+    packed = _unplanes(blob, 6, n)
     cols = np.empty((6, n), np.int64)
-    cols[_T] = np.cumsum(_unplanes(blob, 0, n, 8))
-    residual = _unzigzag(_unplanes(blob, 8 * n, n, 8))
-    cols[_HASH] = _unplanes(blob, 16 * n, n, 4)
-    cols[_VALUE] = value = _unplanes(blob, 20 * n, n, 8)
-    cols[_AUX] = _unplanes(blob, 28 * n, n, 8)
-    cols[_MASK] = mask = table[_unplanes(blob, 36 * n, n, width)]
+    cols[_T] = np.cumsum(packed[0])
+    residual = _unzigzag(packed[1])
+    cols[_HASH] = packed[2]
+    cols[_VALUE] = value = packed[3]
+    cols[_AUX] = packed[4]
+    cols[_MASK] = mask = table[packed[5]]
     money = (mask & _BALANCE_BIT) != 0
     sign = np.where(mask & _IN_BITS, 1, np.where(mask & _OUT_BITS, -1, 0))
     cols[_BAL] = np.where(money, np.cumsum(np.where(money, residual + sign * value, 0)), 0)
-    return cast("list[Record]", [tuple(r) for r in cols.T.tolist()])
+    rows = cols.T
+    flat = array("q", np.ascontiguousarray(rows).tobytes())
+    return cast("list[Record]", [tuple(r) for r in rows.tolist()]), flat
 
 
 _ENCODER: Final = msgspec.msgpack.Encoder()
 _DECODER: Final = msgspec.msgpack.Decoder()
+_CODECS: Final = threading.local()  # zstd contexts are not for two threads at once
+
+
+def _zstd() -> zstandard.ZstdCompressor:
+    codec = getattr(_CODECS, "compress", None)
+    if codec is None:
+        codec = _CODECS.compress = zstandard.ZstdCompressor(level=1)
+    return codec
+
+
+def _unzstd() -> zstandard.ZstdDecompressor:
+    codec = getattr(_CODECS, "decompress", None)
+    if codec is None:
+        codec = _CODECS.decompress = zstandard.ZstdDecompressor()
+    return codec
 
 
 # ---------------------------------------------------------------- many states at once
@@ -784,8 +824,7 @@ def aggregates_many(states: list[CustomerState], as_of_us: list[int]) -> npt.NDA
                 f"for customer {s.customer_id}"
             )
     lengths = np.fromiter((len(s.records) for s in states), np.int64, n)
-    flat = itertools.chain.from_iterable(itertools.chain.from_iterable(s.records for s in states))
-    rows = np.fromiter(flat, np.int64, int(lengths.sum()) * 6).reshape(-1, 6)
+    rows = np.frombuffer(b"".join([s._flat.tobytes() for s in states]), np.int64).reshape(-1, 6)
     g = np.repeat(np.arange(n, dtype=np.int64), lengths)
     t_col, bal, mask = rows[:, _T], rows[:, _BAL], rows[:, _MASK]
     day = t_col // DAY_US

@@ -270,7 +270,7 @@ def test_memory_is_bounded_by_the_window() -> None:
 def test_corrupt_or_foreign_state_bytes_are_refused() -> None:
     good = CustomerState("C1").to_bytes()
     with pytest.raises(DataError, match="corrupt"):
-        CustomerState.from_bytes(good[:1] + b"not zlib")
+        CustomerState.from_bytes(good[:1] + b"not zstd")
     with pytest.raises(DataError, match="version"):
         CustomerState.from_bytes(bytes([99]) + good[1:])
     with pytest.raises(DataError, match="older engine: rebuild the state by replaying the log"):
