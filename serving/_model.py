@@ -126,8 +126,10 @@ def score_batch(model: LiveModel, states: Sequence[CustomerState]) -> ScoredBatc
     churn, value = model.bundle.predict(x)
     edges = model.tier_edges
     out = []
+    names = list(feats)
+    rows = np.column_stack([feats[name] for name in names]).astype(np.float64).tolist()
     for i, state in enumerate(states):
-        f = {name: float(col[i]) for name, col in feats.items()}
+        f = dict(zip(names, rows[i], strict=True))
         out.append(
             (
                 Score(

@@ -390,6 +390,27 @@ def _feature(f: Mapping[str, float], name: str) -> float:
     return math.nan if x is None else float(x)
 
 
+_PLANS: Final[dict[int, tuple[PolicyConfig, int, dict[str, Any]]]] = {}
+
+
+def _plan_of(policy: PolicyConfig) -> tuple[int, dict[str, Any]]:
+    """What every evaluation of a (frozen) policy needs, worked out once per policy:
+    the longest risk-jump window (µs) and the rules by name."""
+    plan = _PLANS.get(id(policy))
+    if plan is None or plan[0] is not policy:
+        jump = max(
+            (r.within for r in policy.rules if isinstance(r, RiskJumpRule)), default=timedelta(0)
+        )
+        if len(_PLANS) > 64:  # policies are few; a bound all the same
+            _PLANS.clear()
+        plan = _PLANS[id(policy)] = (
+            policy,
+            int(jump.total_seconds() * 1e6),
+            {r.name: r for r in policy.rules},
+        )
+    return plan[1], plan[2]
+
+
 def evaluate_rules(
     policy: PolicyConfig,
     score: Score,
@@ -406,10 +427,8 @@ def evaluate_rules(
     if t < memory.last_t:
         return [], [], memory
     p = score.churn_probability
-    jump_window = max(
-        (r.within for r in policy.rules if isinstance(r, RiskJumpRule)), default=timedelta(0)
-    )
-    horizon = t - int(jump_window.total_seconds() * 1e6)
+    jump_us, by_name = _plan_of(policy)
+    horizon = t - jump_us
     recent = [(tt, pp) for tt, pp in memory.recent if tt >= horizon]
     candidates: list[Hit] = []
     for rule in policy.rules:
@@ -422,7 +441,6 @@ def evaluate_rules(
     if candidates and score.predicted_value_minor <= 0:
         suppressed = [(h.rule, "no_value") for h in candidates]
         candidates = []
-    by_name = {r.name: r for r in policy.rules}
     for h in candidates:
         last = fired.get(h.rule)
         cool = int(policy.cooldown_of(by_name[h.rule]).total_seconds() * 1e6)

@@ -35,7 +35,7 @@ import time
 import weakref
 from collections import Counter, OrderedDict, deque
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -412,16 +412,23 @@ def build_app(cfg: WorkerConfig, policy: RulePolicy | None = None) -> tuple[Any,
         for name in ("customer-state", "alert-memory")
     )
 
+    async def produce(topic: str, key: bytes, value: bytes, partition: int | None = None) -> None:
+        """Hand a record to faust's producer (the one its commits flush first), without
+        the per-record machinery of ``Topic.send`` (a third of a score's cost)."""
+        await app.producer.send(topic, key, value, partition, None, None)
+
     async def store(tbl: Any, key: bytes, blob: bytes, event: Any) -> None:
         """Write ``key`` in its event's context: the store and the changelog partition
         are the partition of this key's event (not of the batch's last event). The
-        store directly, and the changelog record awaited here: a table's sync
+        store directly, and the changelog record produced here: a table's sync
         ``__setitem__`` queues the record in faust's producer buffer, which a whole
         batch of writes overfills (and which stalled after a restart)."""
         _current_event.set(weakref.ref(event))
         tbl.data[key] = blob
-        await tbl.changelog_topic.send(key=key, value=blob, partition=event.message.partition)
+        await produce(changelogs[id(tbl)], key, blob, event.message.partition)
 
+    changelogs = {id(t): t.changelog_topic.get_topic_name() for t in (table, memory_table)}
+    scores_topic = scores.get_topic_name()
     counts, dead = runtime.counts, runtime.dead
     from faust.streams import _current_event  # set per key: see "in its event's context"
 
@@ -576,7 +583,7 @@ def build_app(cfg: WorkerConfig, policy: RulePolicy | None = None) -> tuple[Any,
                     )
             keys = [score.customer_id.encode() for score, _ in scored]
             for key, (score, _) in zip(keys, scored, strict=True):
-                await scores.send(key=key, value=orjson.dumps(asdict(score)))
+                await produce(scores_topic, key, orjson.dumps(score))
             counts["scored"] += len(scored)
             memories = [
                 wb.memories[key][0]
