@@ -477,10 +477,8 @@ class CustomerState:
         stat, window = agg.stat, agg.window
         i = _SIG_INDEX[agg.signal]
         sig = SIGNALS[i]
-        if stat in ("open", "open_types", "oldest_open_us") or stat.startswith("open_"):
+        if stat in ("open", "open_types", "oldest_open_us", "segment") or stat.startswith("open_"):
             return self._entity(agg.signal, stat)
-        if stat == "segment":
-            return float(self.segment[1]) if self.segment else np.nan
         if window is None:
             rec = self.life.get(i)
             if stat == "count":
@@ -527,12 +525,23 @@ class CustomerState:
         raise ValueError(f"unsupported aggregate {agg.key}")  # pragma: no cover
 
     def _entity(self, signal: str, stat: str) -> float:
+        return self._entity_of(self._held(), signal, stat)
+
+    def _held(self) -> tuple[list[int], list[int]]:
+        """Codes of the products held, filing times of the complaints open."""
+        return (
+            [code for (_t, closed, code) in self.products.values() if not closed],
+            [f for f, r in self.complaints.values() if f is not None and r is None],
+        )
+
+    def _entity_of(self, held_open: tuple[list[int], list[int]], signal: str, stat: str) -> float:
+        if stat == "segment":
+            return float(self.segment[1]) if self.segment else np.nan
+        held, open_filed = held_open
         if signal == "complaint":
-            open_filed = [f for f, r in self.complaints.values() if f is not None and r is None]
             if stat == "open":
                 return float(len(open_filed))
             return float(min(open_filed)) if open_filed else np.nan
-        held = [code for (_t, closed, code) in self.products.values() if not closed]
         if stat == "open":
             return float(len(held))
         if stat == "open_types":
@@ -835,34 +844,43 @@ def aggregates_many(states: list[CustomerState], as_of_us: list[int]) -> npt.NDA
     carry = np.array(
         [np.nan if s.carry_balance is None else float(s.carry_balance) for s in states]
     )
-    index = np.arange(g.size, dtype=np.int64)
-    sig_rows: dict[int, npt.NDArray[np.bool_]] = {}
+    sig_rows: dict[int, npt.NDArray[np.int64]] = {}
+    in_window: dict[tuple[int, int], npt.NDArray[np.int64]] = {}
+    held: list[tuple[list[int], list[int]]] | None = None
     for k, agg in enumerate(AGGREGATES):
         window = getattr(agg, "window", None)
         stat = getattr(agg, "stat", None)
         if agg is AS_OF or agg.key == AS_OF.key:
             out[:, k] = as_of.astype(np.float64)
             continue
-        if (
-            window is None
-            or stat in ("segment", "open", "open_types", "oldest_open_us")
-            or (stat is not None and stat.startswith("open_"))
-        ):
-            for r, (s, t) in enumerate(zip(states, as_of_us, strict=True)):
-                out[r, k] = s._one(agg, _NO_COLUMNS, _NO_AGE, t, t // DAY_US)
+        if window is None:
+            life = _LIFE_OF.get(k)
+            if life is not None:  # a lifetime aggregate: read from each state's record
+                i, at, default = life
+                out[:, k] = [default if (rec := s.life.get(i)) is None else rec[at] for s in states]
+            else:  # entities: products, complaints, segment
+                if held is None:
+                    held = [s._held() for s in states]
+                out[:, k] = [
+                    s._entity_of(h, agg.signal, agg.stat) for s, h in zip(states, held, strict=True)
+                ]
             continue
         i = _SIG_INDEX[agg.signal]
+        # the rows of the signal, then of the signal in the window: positions into the
+        # concatenated records, worked out once per signal and per (signal, window)
         of_signal = sig_rows.get(i)
         if of_signal is None:
-            of_signal = sig_rows[i] = ((mask >> i) & 1).astype(bool)
+            of_signal = sig_rows[i] = np.flatnonzero((mask >> i) & 1)
         if stat == "at_start":
             start_t = (as_of_day - window + 1) * DAY_US
-            before = of_signal & (t_col < start_t[g])
+            before = of_signal[t_col[of_signal] < start_t[g[of_signal]]]
             last = np.full(n, -1, np.int64)
-            np.maximum.at(last, g[before], index[before])
+            np.maximum.at(last, g[before], before)
             out[:, k] = np.where(last >= 0, bal[np.maximum(last, 0)].astype(np.float64), carry)
             continue
-        sel = of_signal & (age < window)
+        sel = in_window.get((i, window))
+        if sel is None:
+            sel = in_window[i, window] = of_signal[age[of_signal] < window]
         gs = g[sel]
         if stat == "count":
             out[:, k] = np.bincount(gs, minlength=n)
@@ -896,5 +914,15 @@ def aggregates_many(states: list[CustomerState], as_of_us: list[int]) -> npt.NDA
     return out
 
 
-_NO_COLUMNS: Final[dict[str, npt.NDArray[np.int64]]] = {}
-_NO_AGE: Final = np.zeros(0, np.int64)
+# lifetime aggregates by column: (signal index, field of the lifetime record, value
+# without one), as CustomerState._one reads them
+_LIFE_AT: Final = {"count": _L_COUNT, "sum": _L_SUM, "first_us": _L_FIRST, "last_us": _L_LAST}
+_LIFE_OF: Final = {
+    k: (
+        _SIG_INDEX[a.signal],
+        _LIFE_AT.get(a.stat, _L_LASTV),
+        0.0 if a.stat in ("count", "sum") else np.nan,
+    )
+    for k, a in enumerate(AGGREGATES)
+    if a is not AS_OF and a.window is None and a.stat in (*_LIFE_AT, "last")
+}
