@@ -149,8 +149,10 @@ def test_prometheus_scrapes_the_worker_and_the_score_drift_rule_fires_on_a_shift
         # the metrics are there, and they say what the worker's own counters say. A scrape
         # can fall between a batch's consumption and its scores: wait for one after both.
         agreed = wait_for(
-            lambda: prom.value("sum(churn_events_consumed_total)") == counts["consumed"]
-            and prom.value("sum(churn_scores_emitted_total)") == counts["scored"],
+            lambda: (
+                prom.value("sum(churn_events_consumed_total)") == counts["consumed"]
+                and prom.value("sum(churn_scores_emitted_total)") == counts["scored"]
+            ),
             "the consumed and scored counts in Prometheus",
         )
         assert agreed
