@@ -121,6 +121,19 @@ class WriteBehind:
     def pending(self) -> bool:
         return bool(self.states or self.memories or self.held or self.held_gaps)
 
+    def take(self) -> WriteBehind:
+        """What is pending, moved to a new object (to be written); nothing left here."""
+        taken = WriteBehind(
+            dict(self.states),
+            dict(self.memories),
+            list(self.held),
+            list(self.held_gaps),
+            self.since,
+            self.generation,
+        )
+        self.clear()
+        return taken
+
     def clear(self) -> None:
         """Nothing pending (after a flush, or dropped by a rebalance)."""
         self.states.clear()
@@ -156,6 +169,7 @@ class Runtime:
     last_processed: float | None = None  # wall clock, seconds
     guard: OffsetGuard | None = None
     pending: WriteBehind = field(default_factory=WriteBehind)
+    flushing: WriteBehind | None = None  # taken from ``pending``, being written
     flushes: int = 0
     discarded: int = 0  # pending flushes dropped by a rebalance
     hist: dict[str, tuple[str, BatchHistogram]] = field(
@@ -303,11 +317,23 @@ class Runtime:
         logger.info("model %s version %s in use (was %s)", cfg.model_name, version, current)
 
 
-def _headers(message: Any) -> Mapping[str, bytes]:
-    raw = getattr(message, "headers", None) or {}
+FLUSH_SLICE = 128  # states written between two micro-batches (about 10 ms)
+
+
+def _log_failure(task: asyncio.Future[None]) -> None:
+    if not task.cancelled() and task.exception() is not None:
+        logger.error("write-behind flush failed", exc_info=task.exception())
+
+
+def _is_backfill(message: Any) -> bool:
+    """Whether the record carries ``churn-backfill: 1`` (checked for every record: no
+    dict of its headers built)."""
+    raw = getattr(message, "headers", None)
+    if not raw:
+        return False
     if isinstance(raw, Mapping):
-        return {str(k): bytes(v or b"") for k, v in raw.items()}
-    return {str(k): bytes(v or b"") for k, v in raw}
+        return bytes(raw.get(BACKFILL_HEADER) or b"") == b"1"
+    return any(str(k) == BACKFILL_HEADER and bytes(v or b"") == b"1" for k, v in raw)
 
 
 def dead_letter(reason: str, detail: str, raw: bytes, message: Any) -> bytes:
@@ -450,6 +476,10 @@ def build_app(cfg: WorkerConfig, policy: RulePolicy | None = None) -> tuple[Any,
         for key in wb.states:
             runtime.cache.pop(key, None)  # the cached object holds the dropped changes
         wb.clear()
+        if runtime.flushing is not None:  # a flush under way stops at its next slice
+            for key in runtime.flushing.states:
+                runtime.cache.pop(key, None)
+            runtime.flushing = None
         wb.generation = generation
         return True
 
@@ -474,6 +504,88 @@ def build_app(cfg: WorkerConfig, policy: RulePolicy | None = None) -> tuple[Any,
         runtime.flushes += 1
         wb.clear()
 
+    def still_ours(taken: WriteBehind) -> bool:
+        """Whether a flush under way may go on: no rebalance since it began. Else its
+        states are dropped (the cached objects hold the unwritten changes) and their
+        events, unacknowledged, are read again."""
+        generation = getattr(app, "consumer_generation_id", None)
+        consumer: Any = app.consumer
+        if generation == taken.generation and consumer.flow_active:
+            return True
+        for key in taken.states:
+            runtime.cache.pop(key, None)
+        runtime.discarded += 1
+        logger.info("rebalance during a flush: %d events are read again", len(taken.held))
+        return False
+
+    async def flush_spread() -> None:
+        """The write-behind flush in slices of ``FLUSH_SLICE`` states, the micro-batches
+        going on between them (a whole flush at once held them up: the p99 latency).
+
+        What is pending is taken first; batches meanwhile fold into new pending states,
+        finding a customer's newest state in the taken ones until it is written (the
+        objects are shared: a slice writes a state with whatever folded into it since,
+        which is safe, the idempotent fold absorbing a replay). The taken events are
+        acknowledged after the last slice."""
+        consumer: Any = app.consumer
+        async with processing:
+            if discard_if_rebalanced() or not consumer.flow_active or not wb.pending():
+                return
+            taken = runtime.flushing = wb.take()
+        try:
+            items = list(taken.states.items())
+            sizes: list[int] = []
+            for start in range(0, len(items), FLUSH_SLICE):
+                async with processing:
+                    if not still_ours(taken):
+                        return
+                    for key, (state, ev) in items[start : start + FLUSH_SLICE]:
+                        blob = state.to_bytes()
+                        await store(table, key, blob, ev)
+                        runtime.remember(key, blob, state)
+                        sizes.append(len(blob))
+            async with processing:
+                if not still_ours(taken):
+                    return
+                for key, (memory, ev) in taken.memories.items():
+                    await store(memory_table, key, memory.to_bytes(), ev)
+                for ev in taken.held:
+                    ev.message.ack(consumer)
+                for tp, offsets in taken.held_gaps:
+                    mark_acked(consumer, tp, offsets)
+                runtime.observe("churn_state_bytes", sizes)
+                runtime.flushes += 1
+        finally:
+            runtime.flushing = None
+
+    flush_task: asyncio.Future[None] | None = None
+
+    def flush_due() -> bool:
+        return wb.since is not None and (
+            time.monotonic() - wb.since >= cfg.flush_seconds or len(wb.states) >= cfg.flush_max
+        )
+
+    def start_flush() -> None:
+        """A spread flush in its own task (one at a time)."""
+        nonlocal flush_task
+        if flush_task is not None and not flush_task.done():
+            return
+        flush_task = asyncio.ensure_future(flush_spread())
+        flush_task.add_done_callback(_log_failure)
+
+    def pending_state(key: bytes) -> CustomerState | None:
+        """The customer's state with changes not yet written, if any."""
+        waiting = wb.states.get(key)
+        if waiting is None and runtime.flushing is not None:
+            waiting = runtime.flushing.states.get(key)
+        return None if waiting is None else waiting[0]
+
+    def pending_memory(key: bytes) -> AlertMemory:
+        for held in (wb, runtime.flushing):
+            if held is not None and key in held.memories:
+                return held.memories[key][0]
+        return AlertMemory.from_bytes(memory_table.get(key))
+
     async def process(batch: list[Any]) -> None:
         touched: dict[bytes, CustomerState] = {}
         source: dict[bytes, Any] = {}  # the last event of each key, for its partition
@@ -495,14 +607,9 @@ def build_app(cfg: WorkerConfig, policy: RulePolicy | None = None) -> tuple[Any,
                 await dlq.send(key=key, value=dead_letter("key_mismatch", detail, raw, msg))
                 continue
             try:
-                state = touched.get(key)
+                state = touched.get(key) or pending_state(key)
                 if state is None:
-                    waiting = wb.states.get(key)
-                    state = (
-                        waiting[0]
-                        if waiting is not None
-                        else runtime.state_for(key, table.get(key), event.customer_id)
-                    )
+                    state = runtime.state_for(key, table.get(key), event.customer_id)
                 outcome = state.apply(event)
             except Exception as exc:  # a bug or a state this engine cannot read: counted
                 logger.exception("cannot fold event %s", event.event_id)
@@ -516,7 +623,7 @@ def build_app(cfg: WorkerConfig, policy: RulePolicy | None = None) -> tuple[Any,
                 await dlq.send(key=key, value=dead_letter("too_late", detail, raw, msg))
                 continue
             counts[outcome] += 1
-            live = _headers(msg).get(BACKFILL_HEADER) != b"1"
+            live = not _is_backfill(msg)
             if (
                 live
                 and outcome == "applied"
@@ -555,8 +662,10 @@ def build_app(cfg: WorkerConfig, policy: RulePolicy | None = None) -> tuple[Any,
                 # missing (the customers' next events score them again); counted, logged
                 logger.exception("scoring failed for %d customers", len(to_score))
                 counts["score_failures"] += len(to_score)
-        if time.monotonic() - wb.since >= cfg.flush_seconds or len(wb.states) >= cfg.flush_max:
-            await flush()
+        if cfg.flush_seconds <= 0:
+            await flush()  # per batch: written before the next batch
+        elif flush_due():
+            start_flush()
 
     async def score_and_alert(
         to_score: dict[bytes, CustomerState], source: dict[bytes, Any]
@@ -585,12 +694,7 @@ def build_app(cfg: WorkerConfig, policy: RulePolicy | None = None) -> tuple[Any,
             for key, (score, _) in zip(keys, scored, strict=True):
                 await produce(scores_topic, key, orjson.dumps(score))
             counts["scored"] += len(scored)
-            memories = [
-                wb.memories[key][0]
-                if key in wb.memories
-                else AlertMemory.from_bytes(memory_table.get(key))
-                for key in keys
-            ]
+            memories = [pending_memory(key) for key in keys]
             names = model.bundle.features
 
             def contributions(rows: list[int]) -> list[dict[str, float]]:
@@ -652,7 +756,10 @@ def build_app(cfg: WorkerConfig, policy: RulePolicy | None = None) -> tuple[Any,
     @app.timer(interval=max(cfg.flush_seconds / 2, 0.25))  # type: ignore[untyped-decorator]
     async def flush_when_idle() -> None:
         """A stream that stops still gets its last changes written and committed."""
-        if wb.since is None or time.monotonic() - wb.since < cfg.flush_seconds:
+        if not flush_due():
+            return
+        if cfg.flush_seconds > 0:
+            start_flush()
             return
         async with processing:
             if wb.since is not None:

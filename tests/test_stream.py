@@ -407,6 +407,14 @@ def test_a_promoted_model_is_picked_up_while_events_flow(
     try:
         send(broker, stream_log, None, CUT - timedelta(days=60), backfill=True)
         frame = load_replay(stream_log, CUT - timedelta(days=60), None)
+        # the live feed (about 33 s at 400/s) starts once the worker has the champion and
+        # the history: a feed that began with the worker would be mostly read as a
+        # backlog, and could be over before the promotion (a faster worker catches up)
+        deadline = time.monotonic() + 120
+        while worker.stats()["model_version"] != before:
+            assert time.monotonic() < deadline, "the first champion was not loaded"
+            time.sleep(0.5)
+        wait_caught_up(broker, worker)
         import threading
 
         feeder = threading.Thread(
