@@ -34,7 +34,7 @@ import logging
 import time
 import weakref
 from collections import Counter, OrderedDict, deque
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -488,21 +488,31 @@ def build_app(cfg: WorkerConfig, policy: RulePolicy | None = None) -> tuple[Any,
         consumer: Any = app.consumer
         if discard_if_rebalanced() or not consumer.flow_active:
             return  # a rebalance is under way: the events are read again
+        sizes = await write_states(wb.states.items())
+        await finish_flush(wb, sizes)
+        wb.clear()
+
+    async def write_states(items: Iterable[tuple[bytes, tuple[CustomerState, Any]]]) -> list[int]:
+        """Serialise and write states (each in its event's partition); their sizes."""
         sizes = []
-        for key, (state, ev) in wb.states.items():
+        for key, (state, ev) in items:
             blob = state.to_bytes()
             await store(table, key, blob, ev)
             runtime.remember(key, blob, state)
             sizes.append(len(blob))
-        for key, (memory, ev) in wb.memories.items():
+        return sizes
+
+    async def finish_flush(written: WriteBehind, sizes: list[int]) -> None:
+        """The alert memories written, then the events behind it all acknowledged."""
+        consumer: Any = app.consumer
+        for key, (memory, ev) in written.memories.items():
             await store(memory_table, key, memory.to_bytes(), ev)
-        for ev in wb.held:
+        for ev in written.held:
             ev.message.ack(consumer)
-        for tp, offsets in wb.held_gaps:
+        for tp, offsets in written.held_gaps:
             mark_acked(consumer, tp, offsets)
         runtime.observe("churn_state_bytes", sizes)
         runtime.flushes += 1
-        wb.clear()
 
     def still_ours(taken: WriteBehind) -> bool:
         """Whether a flush under way may go on: no rebalance since it began. Else its
@@ -539,22 +549,10 @@ def build_app(cfg: WorkerConfig, policy: RulePolicy | None = None) -> tuple[Any,
                 async with processing:
                     if not still_ours(taken):
                         return
-                    for key, (state, ev) in items[start : start + FLUSH_SLICE]:
-                        blob = state.to_bytes()
-                        await store(table, key, blob, ev)
-                        runtime.remember(key, blob, state)
-                        sizes.append(len(blob))
+                    sizes += await write_states(items[start : start + FLUSH_SLICE])
             async with processing:
-                if not still_ours(taken):
-                    return
-                for key, (memory, ev) in taken.memories.items():
-                    await store(memory_table, key, memory.to_bytes(), ev)
-                for ev in taken.held:
-                    ev.message.ack(consumer)
-                for tp, offsets in taken.held_gaps:
-                    mark_acked(consumer, tp, offsets)
-                runtime.observe("churn_state_bytes", sizes)
-                runtime.flushes += 1
+                if still_ours(taken):
+                    await finish_flush(taken, sizes)
         finally:
             runtime.flushing = None
 
