@@ -317,6 +317,7 @@ class Runtime:
         logger.info("model %s version %s in use (was %s)", cfg.model_name, version, current)
 
 
+COMMIT_EVERY = 1 << 62  # records between count-based commits: never (see build_app)
 FLUSH_SLICE = 128  # states written between two micro-batches (about 10 ms)
 
 
@@ -417,6 +418,11 @@ def build_app(cfg: WorkerConfig, policy: RulePolicy | None = None) -> tuple[Any,
         web_port=cfg.web_port,
         consumer_auto_offset_reset="earliest",
         producer_linger_ms=5,
+        # offsets committed on faust's timer (every 2.8 s) only: its commit every 10,000
+        # acknowledged records runs inside its fetch loop, which hands out no record
+        # until the producer has flushed and the commit is done (write-behind acks a
+        # second of records at once: p99 latency 533 -> 360 ms at 1,600 records/s)
+        broker_commit_every=COMMIT_EVERY,
     )
     if policy is None:
         policy = RulePolicy(load_policy(Path(cfg.alert_policy) if cfg.alert_policy else None))
