@@ -144,6 +144,14 @@ _LIFE_FIELDS_OF_STAT: Final = {
     "last_us": (_L_LAST,),
     "last": (_L_LAST, _L_LASTV),
 }
+# the field of the lifetime record each lifetime stat reads
+_LIFE_FIELD: Final = {
+    "count": _L_COUNT,
+    "sum": _L_SUM,
+    "first_us": _L_FIRST,
+    "last_us": _L_LAST,
+    "last": _L_LASTV,
+}
 _LIFE: Final[dict[int, tuple[int, ...]]] = {}
 for _a in AGGREGATES:
     if _a.window is None and _a.signal in _SIG_INDEX and _a.stat in _LIFE_FIELDS_OF_STAT:
@@ -481,17 +489,9 @@ class CustomerState:
             return self._entity(agg.signal, stat)
         if window is None:
             rec = self.life.get(i)
-            if stat == "count":
-                return float(rec[_L_COUNT]) if rec else 0.0
             if rec is None:
-                return 0.0 if stat == "sum" else np.nan
-            return float(
-                rec[
-                    {"sum": _L_SUM, "first_us": _L_FIRST, "last_us": _L_LAST, "last": _L_LASTV}[
-                        stat
-                    ]
-                ]
-            )
+                return 0.0 if stat in ("count", "sum") else np.nan
+            return float(rec[_LIFE_FIELD[stat]])
         sel = ((cols["mask"] >> i) & 1).astype(bool)
         if stat == "at_start":
             start_t = (as_of_day - window + 1) * DAY_US
@@ -916,13 +916,12 @@ def aggregates_many(states: list[CustomerState], as_of_us: list[int]) -> npt.NDA
 
 # lifetime aggregates by column: (signal index, field of the lifetime record, value
 # without one), as CustomerState._one reads them
-_LIFE_AT: Final = {"count": _L_COUNT, "sum": _L_SUM, "first_us": _L_FIRST, "last_us": _L_LAST}
 _LIFE_OF: Final = {
     k: (
         _SIG_INDEX[a.signal],
-        _LIFE_AT.get(a.stat, _L_LASTV),
+        _LIFE_FIELD[a.stat],
         0.0 if a.stat in ("count", "sum") else np.nan,
     )
     for k, a in enumerate(AGGREGATES)
-    if a is not AS_OF and a.window is None and a.stat in (*_LIFE_AT, "last")
+    if a is not AS_OF and a.window is None and a.stat in _LIFE_FIELD
 }

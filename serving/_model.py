@@ -127,7 +127,7 @@ def score_batch(model: LiveModel, states: Sequence[CustomerState]) -> ScoredBatc
     edges = model.tier_edges
     out = []
     names = list(feats)
-    rows = np.column_stack([feats[name] for name in names]).astype(np.float64).tolist()
+    rows = np.column_stack([feats[name] for name in names]).tolist()  # float64 (finalize)
     for i, state in enumerate(states):
         f = dict(zip(names, rows[i], strict=True))
         out.append(
