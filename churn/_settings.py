@@ -61,6 +61,13 @@ class Settings(BaseSettings):
         description="seconds a worker keeps changed states before writing them to the table "
         "and its changelog (0: every micro-batch); offsets are committed only after",
     )
+    catchup_seconds: float = Field(
+        2.0,
+        ge=0,
+        le=3600,
+        description="a worker whose events are older than this when read is behind: it "
+        "scores each touched customer once per flush, not once per micro-batch (0: never)",
+    )
     state_cache: int = Field(
         5000, ge=0, le=10_000_000, description="decoded customer states kept in worker memory"
     )

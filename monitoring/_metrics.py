@@ -73,6 +73,8 @@ WORKER_METRICS: Final = {
     "churn_score_predicted_value_minor": "histogram",
     "churn_scores_emitted_total": "counter",
     "churn_score_failures_total": "counter",
+    "churn_scores_coalesced_total": "counter",
+    "churn_produce_failures_total": "counter",
     "churn_unscored_total": "counter",
     "churn_alerts_raised_total": "counter",
     "churn_alerts_suppressed_total": "counter",
@@ -201,6 +203,17 @@ class WorkerCollector(Collector):
             "churn_scores_emitted",
             "Scores sent to customer.scores",
             {(): v.counts.get("scored", 0)},
+        )
+        yield counter_family(
+            "churn_scores_coalesced",
+            "Scores not emitted while the worker was behind: the customer was touched "
+            "again before the flush, and is scored once, at the newest event",
+            {(): v.counts.get("coalesced", 0)},
+        )
+        yield counter_family(
+            "churn_produce_failures",
+            "Scores and changelog records the broker did not take (after retries)",
+            {(): v.counts.get("produce_failures", 0)},
         )
         yield counter_family(
             "churn_score_failures",
