@@ -139,7 +139,11 @@ def test_prometheus_scrapes_the_worker_and_the_score_drift_rule_fires_on_a_shift
     broker: Broker, champion_dir: Path, tmp_path: Path
 ) -> None:
     worker = start_worker(broker, champion_dir, "drift-shift")
-    prom = start_prometheus(tmp_path, [f"127.0.0.1:{worker.web_port}"])
+    try:  # a Prometheus that cannot start leaves no worker behind
+        prom = start_prometheus(tmp_path, [f"127.0.0.1:{worker.web_port}"])
+    except BaseException:
+        stop(worker.proc)
+        raise
     try:
         stream_bank(broker, tmp_path, shift=0.8)
         wait_caught_up(broker, worker)
@@ -186,7 +190,11 @@ def test_without_a_shift_the_score_psi_stays_below_watch_level(
     broker: Broker, champion_dir: Path, tmp_path: Path
 ) -> None:
     worker = start_worker(broker, champion_dir, "drift-none")
-    prom = start_prometheus(tmp_path, [f"127.0.0.1:{worker.web_port}"])
+    try:  # a Prometheus that cannot start leaves no worker behind
+        prom = start_prometheus(tmp_path, [f"127.0.0.1:{worker.web_port}"])
+    except BaseException:
+        stop(worker.proc)
+        raise
     try:
         stream_bank(broker, tmp_path, shift=0.0)
         wait_caught_up(broker, worker)
