@@ -258,9 +258,9 @@ def main() -> int:
             f"{np.percentile(alert_lat, 99) if alert_lat else float('nan'):.0f} ms",
             file=sys.stderr,
         )
-    p99s = sorted(float(np.percentile(lat, 99)) for lat, _ in lat_runs)
-    lat_runs.sort(key=lambda r: float(np.percentile(r[0], 99)))
-    latencies, alert_latencies = lat_runs[len(lat_runs) // 2]  # the median run by p99
+    by_p99 = sorted((float(np.percentile(lat, 99)), i) for i, (lat, _) in enumerate(lat_runs))
+    p99s = [p for p, _ in by_p99]
+    latencies, alert_latencies = lat_runs[by_p99[len(by_p99) // 2][1]]  # the median run by p99
     p50, p99 = np.percentile(latencies, [50, 99])
     a50, a99 = np.percentile(alert_latencies, [50, 99]) if alert_latencies else (np.nan, np.nan)
     explain_s = _reason_codes_seconds(work, ts)
