@@ -133,17 +133,21 @@ class WriteBehind:
         return bool(self.states or self.due or self.memories or self.held or self.held_gaps)
 
     def take(self) -> WriteBehind:
-        """What is pending, moved to a new object (to be written); nothing left here."""
+        """What is pending, moved to a new object (to be written); nothing left here
+        but ``due``, which the flush scores before it takes (customers still waiting
+        stay to be scored, never carried off unscored)."""
         taken = WriteBehind(
             dict(self.states),
-            dict(self.due),
+            {},
             dict(self.memories),
             list(self.held),
             list(self.held_gaps),
             self.since,
             self.generation,
         )
+        due = dict(self.due)
         self.clear()
+        self.due.update(due)
         return taken
 
     def clear(self) -> None:
