@@ -52,7 +52,7 @@ bench-monitoring: $(STAMP)
 	$(PY) -m bench.stream --customers 600 --runs 3 --overhead
 
 bench-flush: $(STAMP)
-	$(PY) -m bench.compare --runs 3 --config default: --config catchup-off:CHURN_CATCHUP_SECONDS=0 --config per-batch:CHURN_FLUSH_SECONDS=0,CHURN_CATCHUP_SECONDS=0
+	$(PY) -m bench.compare --runs 3 --faust-noop --config default: --config catchup-off:CHURN_CATCHUP_SECONDS=0
 
 bench-import: $(STAMP)
 	$(PY) -m bench.importer --rows 10000000

@@ -30,6 +30,8 @@ from bench.stream import (
 from simulator import SimConfig, write_parquet
 from stream import Broker, load_replay, replay, stop_group
 
+FAUST_NOOP = "no-op, faust's delivery"
+
 
 def _config(text: str) -> tuple[str, dict[str, str]]:
     name, _, assignments = text.partition(":")
@@ -49,6 +51,11 @@ def main() -> int:
     parser.add_argument("--config", type=_config, action="append", required=True)
     parser.add_argument("--customers", type=int, default=600)
     parser.add_argument("--runs", type=int, default=2)
+    parser.add_argument(
+        "--faust-noop",
+        action="store_true",
+        help="also run the no-op with faust's own per-record delivery (a stock faust agent)",
+    )
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="bench-compare-"))
     train_champion(work)
@@ -56,7 +63,8 @@ def main() -> int:
     write_parquet(SimConfig(customers=args.customers, months=12, seed=5), log, workers=1)
     frame = load_replay(log)
     total = frame.height
-    names = ["no-op", *(name for name, _ in args.config)]
+    noops = ["no-op", *([FAUST_NOOP] if args.faust_noop else [])]
+    names = [*noops, *(name for name, _ in args.config)]
     envs = dict(args.config)
     rates: dict[str, list[float]] = {name: [] for name in names}
     scored: dict[str, list[int]] = {name: [] for name in names}
@@ -66,9 +74,17 @@ def main() -> int:
             with Broker(_free_port(), log=work / f"broker-{name}{run}.log") as broker:
                 bootstrap = broker.url.removeprefix("kafka://")
                 replay(bootstrap, "bank.events", frame)
-                if name == "no-op":
+                if name in noops:
+                    flags = ["--faust-delivery"] if name == FAUST_NOOP else []
                     proc = _worker(
-                        [sys.executable, "-m", "bench.noop_worker", broker.url, str(work / "noop")],
+                        [
+                            sys.executable,
+                            "-m",
+                            "bench.noop_worker",
+                            broker.url,
+                            str(work / f"noop{len(flags)}"),
+                            *flags,
+                        ],
                         {**os.environ, "PYTHONPATH": str(ROOT)},
                         work / f"noop{run}.log",
                     )
@@ -84,19 +100,27 @@ def main() -> int:
                     stop_group(proc)
             print(f"run {run + 1}: {name} {rates[name][-1]:,.0f}/s", file=sys.stderr)
     noop = statistics.median(rates["no-op"])
+    stock = statistics.median(rates[FAUST_NOOP]) if args.faust_noop else None
     print(
         f"\n## Worker settings side by side (`python -m bench.compare {' '.join(sys.argv[1:])}`)\n"
     )
     print(f"{_machine()}; {datetime.now(UTC).date()}; broker: Tansu 0.6 (memory), one worker.\n")
     print(f"Log: {total:,} records ({args.customers} customers x 12 months), all live.\n")
-    print("| configuration | settings | records/s (runs) | median | vs no-op | scores emitted |")
-    print("|---|---|---|---|---|---|")
+    extra = f" | vs {FAUST_NOOP}" if stock else ""
+    print(
+        f"| configuration | settings | records/s (runs) | median | vs no-op{extra} | scores emitted |"
+    )
+    print("|---|---|---|---|---|---|" + ("---|" if stock else ""))
     for name in names:
         settings = ", ".join(f"`{k}={v}`" for k, v in envs.get(name, {}).items()) or "-"
         runs = ", ".join(f"{x:,.0f}" for x in rates[name])
         med = statistics.median(rates[name])
         emitted = ", ".join(f"{x:,}" for x in scored[name]) or "-"
-        print(f"| {name} | {settings} | {runs} | **{med:,.0f}** | {med / noop:.3f} | {emitted} |")
+        vs_stock = f" | {med / stock:.3f}" if stock else ""
+        print(
+            f"| {name} | {settings} | {runs} | **{med:,.0f}** | {med / noop:.3f}{vs_stock}"
+            f" | {emitted} |"
+        )
     return 0
 
 
