@@ -49,7 +49,7 @@ class Settings(BaseSettings):
     )
     batch_size: int = Field(500, ge=1, le=100_000, description="most events in one micro-batch")
     batch_within: float = Field(
-        0.05, gt=0, le=60, description="seconds a micro-batch waits to fill (latency bound)"
+        0.05, gt=0, le=60, description="seconds between the starts of two micro-batches at most"
     )
     fetch_wait_ms: int = Field(
         50, ge=10, le=60_000, description="longest wait of a worker's fetch (ms)"

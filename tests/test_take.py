@@ -1,0 +1,140 @@
+"""The worker's micro-batching (stream._take) and its inline record delivery
+(stream._transport): faust's in-memory channels, no broker."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import statistics
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import faust
+import pytest
+
+from stream._take import PacedStream
+from stream._transport import _Resumed
+
+Feed = Callable[[Any], Awaitable[None]]
+
+
+def _batches(
+    feed: Feed, total: int, max_: int, within: float, work: float = 0.0
+) -> list[tuple[float, list[int]]]:
+    """(seconds since the feed began, values) of each batch ``take_paced`` hands out
+    until ``total`` values are seen; each batch holds the agent ``work`` seconds."""
+
+    async def main() -> list[tuple[float, list[int]]]:
+        app = faust.App(f"take-{uuid.uuid4().hex}", Stream=PacedStream)  # never started
+        seen: list[tuple[float, list[int]]] = []
+        done = asyncio.Event()
+
+        @app.agent(app.channel())  # type: ignore[untyped-decorator]
+        async def agent(stream: Any) -> None:
+            async for batch in stream.take_paced(max_, within=within):
+                seen.append((time.monotonic() - began, [e.value for e in batch]))
+                if sum(len(b) for _, b in seen) >= total:
+                    done.set()
+                await asyncio.sleep(work)
+
+        async with agent.test_context() as ctx:
+            began = time.monotonic()
+            await feed(ctx)
+            await asyncio.wait_for(done.wait(), timeout=60)
+        # the stream made the app's consumer, whose thread (never started) owns a loop
+        app.consumer._thread.thread_loop.close()
+        return seen
+
+    return asyncio.run(main())
+
+
+def _put(values: range, every: float = 0.0) -> Feed:
+    async def feed(ctx: Any) -> None:
+        for value in values:
+            await ctx.put(value, wait=False)
+            if every:
+                await asyncio.sleep(every)
+
+    return feed
+
+
+def test_full_batches_go_at_once_and_never_exceed_the_maximum() -> None:
+    seen = _batches(_put(range(23)), total=23, max_=5, within=3.0)
+    assert [v for _, batch in seen for v in batch] == list(range(23))  # each once, in order
+    assert max(len(batch) for _, batch in seen) == 5
+    # the full batches did not wait for the window (faust's take does not either)
+    assert all(at < 1.5 for at, batch in seen if len(batch) == 5)
+
+
+def test_a_lone_event_is_not_held_for_the_window() -> None:
+    async def idle_then_one(ctx: Any) -> None:
+        await asyncio.sleep(0.3)
+        await ctx.put(7, wait=False)
+
+    seen = _batches(idle_then_one, total=1, max_=100, within=10.0)
+    assert [batch for _, batch in seen] == [[7]]
+    # faust's take_events holds it for the whole window (10 s); here a tenth of it
+    assert seen[0][0] < 5.0
+
+
+def test_batches_are_paced_from_the_start_of_the_last_one() -> None:
+    """Each batch keeps the agent 0.6 s; the window is 1 s. faust's take waits the window
+    after each batch (1.6 s apart); paced, they are one window apart."""
+    seen = _batches(_put(range(100), every=0.05), total=100, max_=10_000, within=1.0, work=0.6)
+    assert [v for _, batch in seen for v in batch] == list(range(100))
+    gaps = [b - a for (a, _), (b, _) in itertools.pairwise(seen)]
+    assert len(gaps) >= 3
+    assert statistics.median(gaps) < 1.3, gaps
+
+
+def test_a_resumed_delivery_finishes_where_it_stopped() -> None:
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        gate: asyncio.Future[int] = loop.create_future()
+
+        async def deliver() -> int:
+            return await gate + 1
+
+        coro = deliver()
+        pending = coro.send(None)  # stepped once inline: it waits for the gate
+        assert pending is gate
+        task = asyncio.ensure_future(_Resumed(coro, pending))
+        await asyncio.sleep(0)
+        assert not task.done()
+        gate.set_result(41)
+        assert await task == 42
+
+    asyncio.run(main())
+
+
+def test_a_resumed_delivery_is_cancelled_and_fails_as_itself() -> None:
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        seen: list[str] = []
+
+        async def deliver(gate: asyncio.Future[int]) -> int:
+            try:
+                return await gate
+            except asyncio.CancelledError:
+                seen.append("cancelled")
+                raise
+
+        gate: asyncio.Future[int] = loop.create_future()
+        coro = deliver(gate)
+        task = asyncio.ensure_future(_Resumed(coro, coro.send(None)))
+        await asyncio.sleep(0)
+        task.cancel()  # what wait_first does when the flow is suspended
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        assert seen == ["cancelled"]
+
+        failing: asyncio.Future[int] = loop.create_future()
+        coro = deliver(failing)
+        task = asyncio.ensure_future(_Resumed(coro, coro.send(None)))
+        failing.set_exception(ValueError("bad record"))
+        with pytest.raises(ValueError, match="bad record"):
+            await task
+
+    asyncio.run(main())
