@@ -1,7 +1,8 @@
 """A no-op faust worker on ``bank.events``: the ceiling the pipeline is compared with.
 
-Same broker, same topic, same micro-batching (``take_events(500, within=0.1)``);
-it decodes nothing and writes nothing. Run: ``python -m bench.noop_worker BROKER_URL
+Same broker and topic, micro-batches of 500 (faust's ``take_events``; a drain fills
+them, so the worker's pacing would not change them); it decodes nothing and writes
+nothing. Run: ``python -m bench.noop_worker BROKER_URL
 [DATA_DIR] [--faust-delivery]``. It uses the worker's transport (``stream._transport``);
 with ``--faust-delivery`` that transport hands records to the agent as faust 0.15.3
 does (``wait_first`` per record) instead of inline: the ceiling of a stock faust agent.

@@ -1,6 +1,6 @@
 """The faust worker: bank events in; state, scores, alerts and dead letters out.
 
-Per micro-batch (``stream.take_events``):
+Per micro-batch (``PacedStream.take_paced``, stream._take):
 
 1. each record is decoded and validated; a bad one goes to the dead-letter topic
    with its reason, the original bytes and its topic/partition/offset;
