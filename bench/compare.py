@@ -82,7 +82,7 @@ def main() -> int:
                             "-m",
                             "bench.noop_worker",
                             broker.url,
-                            str(work / f"noop{len(flags)}"),
+                            str(work / ("noop-faust" if flags else "noop")),
                             *flags,
                         ],
                         {**os.environ, "PYTHONPATH": str(ROOT)},

@@ -7,8 +7,8 @@ cycle is ``within`` + processing, and the processing time lands on every record'
 latency twice (the batch before it, then its own).
 
 :meth:`PacedStream.take_paced` hands out the next batch ``within`` after the previous
-one was handed out (at least ``floor`` later, so the records queued meanwhile reach the
-buffer), or at once when ``max_`` records are buffered. After a full batch (the worker
+one was handed out, and at least ``floor`` after that one was processed (so the records
+queued meanwhile reach the buffer), or at once when ``max_`` records are buffered. After a full batch (the worker
 is behind) it gathers the next full batch as faust does, waiting ``within`` at most.
 An idle stream waits for its first record, then ``floor``: a lone event is not held
 for a window. Acknowledgement, the buffer's bound and stopping are faust's, unchanged.
