@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator, Coroutine, Generator, Mapping
+from collections.abc import AsyncIterator, Callable, Coroutine, Generator, Mapping
 from typing import Any, cast
 
 from faust.transport.consumer import CONSUMER_FETCHING
@@ -91,6 +91,20 @@ class _Resumed:
 
 
 class _Consumer(_faust_aiokafka.Consumer):
+    _handed_out: tuple[Callable[[], None], ...] = ()
+
+    def on_handed_out(self, hook: Callable[[], None]) -> Callable[[], None]:
+        """Call ``hook`` each time every record of a fetch has been handed to the
+        agents (the consumer has nothing more in hand); returns the unregistering
+        function. :meth:`stream._take.PacedStream.take_paced` starts its next batch
+        then, rather than waiting out its window."""
+        self._handed_out = (*self._handed_out, hook)
+
+        def remove() -> None:
+            self._handed_out = tuple(h for h in self._handed_out if h is not hook)
+
+        return remove
+
     def _new_consumer_thread(self) -> Any:
         return _ConsumerThread(self, loop=self.loop, beacon=self.beacon)
 
@@ -118,7 +132,9 @@ class _Consumer(_faust_aiokafka.Consumer):
                 await self.sleep(0)  # getmany may not give the loop a turn
                 if self.should_stop:
                     continue
+                handed = 0
                 async for tp, message in records:
+                    handed += 1
                     since_yield += 1
                     if since_yield > yield_every:
                         await asyncio.sleep(0)
@@ -145,6 +161,9 @@ class _Consumer(_faust_aiokafka.Consumer):
                                 _Resumed(delivery, pending), self.suspend_flow.wait()
                             )
                     set_read_offset(tp, offset)
+                if handed:
+                    for hook in self._handed_out:
+                        hook()
                 unset_flag(CONSUMER_FETCHING)
         except self.consumer_stopped_errors:
             if self.transport.app.should_stop:

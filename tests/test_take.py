@@ -21,15 +21,35 @@ Feed = Callable[[Any], Awaitable[None]]
 
 
 def _batches(
-    feed: Feed, total: int, max_: int, within: float, work: float = 0.0
+    feed: Feed,
+    total: int,
+    max_: int,
+    within: float,
+    work: float = 0.0,
+    hog: float = 0.0,
+    hooks: list[Callable[[], None]] | None = None,
 ) -> list[tuple[float, list[int]]]:
     """(seconds since the feed began, values) of each batch ``take_paced`` hands out
-    until ``total`` values are seen; each batch holds the agent ``work`` seconds."""
+    until ``total`` values are seen; each batch holds the agent ``work`` seconds. With
+    ``hog``, another task holds the loop that long in each of its turns. With ``hooks``,
+    the consumer takes hand-out hooks as the worker's transport does, into that list."""
 
     async def main() -> list[tuple[float, list[int]]]:
         app = faust.App(f"take-{uuid.uuid4().hex}", Stream=PacedStream)  # never started
         seen: list[tuple[float, list[int]]] = []
         done = asyncio.Event()
+        if hooks is not None:
+
+            def on_handed_out(hook: Callable[[], None]) -> Callable[[], None]:
+                hooks.append(hook)
+                return lambda: hooks.remove(hook)
+
+            app.consumer.on_handed_out = on_handed_out
+
+        async def hogging() -> None:
+            while not done.is_set():
+                time.sleep(hog)  # holding the loop is the point
+                await asyncio.sleep(0)
 
         @app.agent(app.channel())  # type: ignore[untyped-decorator]
         async def agent(stream: Any) -> None:
@@ -41,8 +61,11 @@ def _batches(
 
         async with agent.test_context() as ctx:
             began = time.monotonic()
+            hogger = asyncio.ensure_future(hogging()) if hog else None
             await feed(ctx)
             await asyncio.wait_for(done.wait(), timeout=60)
+            if hogger is not None:
+                await hogger
         # the stream made the app's consumer, whose thread (never started) owns a loop
         app.consumer._thread.thread_loop.close()
         return seen
@@ -87,6 +110,35 @@ def test_batches_are_paced_from_the_start_of_the_last_one() -> None:
     gaps = [b - a for (a, _), (b, _) in itertools.pairwise(seen)]
     assert len(gaps) >= 3
     assert statistics.median(gaps) < 1.3, gaps
+
+
+def test_a_busy_loop_leaves_no_queued_event_out_of_the_next_batch() -> None:
+    """Another task holds the loop 20 ms in each of its turns (in the worker: a flush,
+    a batch of another agent). faust's stream moves one queued event into the buffer
+    per turn of the loop, about 50 a second here; every queued event joins the next
+    batch."""
+    seen = _batches(_put(range(300)), total=300, max_=10_000, within=0.5, hog=0.02)
+    assert [v for _, batch in seen for v in batch] == list(range(300))
+    assert len(seen) <= 2, [len(batch) for _, batch in seen]
+
+
+def test_a_batch_goes_when_the_consumer_has_handed_out_all_it_fetched() -> None:
+    """The worker's transport calls the hook once every record of a fetch is handed
+    out: the next batch goes then, not a window (here 10 s) after the last one."""
+    hooks: list[Callable[[], None]] = []
+
+    async def one_then_a_fetch(ctx: Any) -> None:
+        await ctx.put(0, wait=False)
+        await asyncio.sleep(2.0)  # the first batch (a lone event: a tenth of 10 s) is done
+        for value in range(1, 11):
+            await ctx.put(value, wait=False)
+        for hook in hooks:
+            hook()
+
+    seen = _batches(one_then_a_fetch, total=11, max_=100, within=10.0, hooks=hooks)
+    assert [batch for _, batch in seen] == [[0], list(range(1, 11))]
+    assert seen[1][0] < 3.0, seen
+    assert hooks == []  # unhooked when the stream stopped
 
 
 def test_a_resumed_delivery_finishes_where_it_stopped() -> None:
