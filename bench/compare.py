@@ -30,7 +30,7 @@ from bench.stream import (
 from simulator import SimConfig, write_parquet
 from stream import Broker, load_replay, replay, stop_group
 
-FAUST_NOOP = "no-op, faust's delivery"
+FAUST_NOOP = "no-op, stock faust"
 
 
 def _config(text: str) -> tuple[str, dict[str, str]]:
@@ -54,7 +54,7 @@ def main() -> int:
     parser.add_argument(
         "--faust-noop",
         action="store_true",
-        help="also run the no-op with faust's own per-record delivery (a stock faust agent)",
+        help="also run the no-op reading as stock faust does (its delivery and take_events)",
     )
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="bench-compare-"))
@@ -75,7 +75,7 @@ def main() -> int:
                 bootstrap = broker.url.removeprefix("kafka://")
                 replay(bootstrap, "bank.events", frame)
                 if name in noops:
-                    flags = ["--faust-delivery"] if name == FAUST_NOOP else []
+                    flags = ["--stock-faust"] if name == FAUST_NOOP else []
                     proc = _worker(
                         [
                             sys.executable,

@@ -1,11 +1,12 @@
 """A no-op faust worker on ``bank.events``: the ceiling the pipeline is compared with.
 
-Same broker and topic, micro-batches of 500 (faust's ``take_events``; a drain fills
-them, so the worker's pacing would not change them); it decodes nothing and writes
-nothing. Run: ``python -m bench.noop_worker BROKER_URL
-[DATA_DIR] [--faust-delivery]``. It uses the worker's transport (``stream._transport``);
-with ``--faust-delivery`` that transport hands records to the agent as faust 0.15.3
-does (``wait_first`` per record) instead of inline: the ceiling of a stock faust agent.
+Same broker and topic, micro-batches of 500; it decodes nothing and writes nothing.
+Run: ``python -m bench.noop_worker BROKER_URL [DATA_DIR] [--stock-faust]``. It reads
+the way the worker does: the worker's transport (``stream._transport``, records
+handed over inline) and micro-batches (``stream._take``, every queued record taken in
+one turn of the loop). With ``--stock-faust`` it reads as faust 0.15.3 does (``wait_first``
+per record, ``take_events`` filled one record per turn): the ceiling of a stock
+faust agent.
 """
 
 from __future__ import annotations
@@ -18,8 +19,9 @@ from faust.transport.drivers import TRANSPORTS
 from faust.worker import Worker
 
 from stream import _transport
+from stream._take import PacedStream
 
-FAUST_DELIVERY = "churnkafkafaust"
+STOCK = "churnkafkafaust"
 
 
 class _FaustDeliveryConsumer(_transport._Consumer):
@@ -30,15 +32,15 @@ class FaustDeliveryTransport(_transport.Transport):
     Consumer = _FaustDeliveryConsumer
 
 
-TRANSPORTS.aliases[FAUST_DELIVERY] = "bench.noop_worker:FaustDeliveryTransport"
+TRANSPORTS.aliases[STOCK] = "bench.noop_worker:FaustDeliveryTransport"
 
 
 def main() -> None:
-    args = [a for a in sys.argv[1:] if a != "--faust-delivery"]
-    scheme = FAUST_DELIVERY if "--faust-delivery" in sys.argv else _transport.SCHEME
+    args = [a for a in sys.argv[1:] if a != "--stock-faust"]
+    stock = "--stock-faust" in sys.argv
     app = faust.App(
         "noop-bench",
-        broker=args[0].replace("kafka://", f"{scheme}://", 1),
+        broker=args[0].replace("kafka://", f"{STOCK if stock else _transport.SCHEME}://", 1),
         store="memory://",
         topic_partitions=8,
         topic_replication_factor=1,
@@ -47,12 +49,14 @@ def main() -> None:
         web_enabled=False,
         consumer_auto_offset_reset="earliest",
         datadir=args[1] if len(args) > 1 else "noop-data",
+        **({} if stock else {"Stream": PacedStream}),
     )
     topic = app.topic("bank.events", partitions=8, internal=True)
 
     @app.agent(topic)
     async def noop(stream):  # type: ignore[no-untyped-def]
-        async for _batch in stream.take_events(500, within=0.1):
+        batches = stream.take_events(500, 0.1) if stock else stream.take_paced(500, 0.1)
+        async for _batch in batches:
             pass
 
     Worker(app, loglevel="warn", redirect_stdouts=False).execute_from_commandline()
