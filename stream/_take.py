@@ -13,30 +13,38 @@ faust's ``Stream.take_events(max_, within)`` puts three waits on every record:
 
 :meth:`PacedStream.take_paced`:
 
-- feeds its buffer with every event queued on the stream's channel in one turn, doing
-  faust's per-event work of ``Stream.__aiter__`` (events read before a rebalance are
-  skipped and acknowledged, messages tracked for the commit, sensors told, processors
-  run), and goes on feeding a new buffer while a batch is out;
-- hands out the next batch when the consumer has handed out every record it fetched
-  (the worker's transport calls a hook: ``stream._transport``), but not sooner than
-  ``floor`` after the last batch ended; at once when ``max_`` events are buffered; and
-  ``within`` after the last batch began at the latest;
+- feeds its buffer with every event queued on the stream's channel in one turn (the
+  processors, if any, being synchronous), doing faust's per-event work of
+  ``Stream.__aiter__`` (events read before a rebalance are skipped and acknowledged,
+  messages tracked for the commit, sensors told, processors run), and goes on feeding
+  a new buffer while a batch is out;
+- hands out the next batch when the consumer has put every record it fetched on the
+  agents' channels (the worker's transport calls a hook: ``stream._transport``), but
+  not sooner than ``floor`` after the last batch ended; at once when ``max_`` events
+  are buffered; and otherwise ``within`` after the last batch began (or ``floor``
+  after it ended, if that is later);
 - after a full batch (the worker is behind) gathers the next full batch as faust does,
-  waiting ``within`` at most; an idle stream waits for its first record, then ``floor``.
+  waiting ``within`` at most; an idle stream waits for its first record, then
+  ``floor`` at most.
 
 Events are acknowledged once their batch is done, and stopping is faust's. While a
-batch is out at most ``max_`` more events wait in the buffer.
+batch is out at most ``max_`` more events wait in the buffer; those still buffered
+when the agent stops iterating (it crashed and faust restarts it on the same stream)
+are handed out first by its next ``take_paced``. A batch leaves out, and acknowledges,
+the events read before a rebalance that came while they waited, as faust skips them.
 """
 
 from __future__ import annotations
 
 import asyncio
+import weakref
 from collections.abc import AsyncGenerator
 from typing import Any, cast
 
 import faust
 from faust.exceptions import Skip
-from faust.types import EventT
+from faust.streams import _current_event
+from faust.types import ChannelT, EventT
 from mode.utils.futures import maybe_async
 from mode.utils.locks import Event
 
@@ -44,6 +52,8 @@ __all__ = ["PacedStream"]
 
 
 class PacedStream(faust.Stream[Any]):
+    _paced_leftover: list[Any] | None = None  # buffered, not handed out: see the docstring
+
     def take_paced(
         self, max_: int, within: float, floor: float | None = None
     ) -> AsyncGenerator[list[Any], None]:
@@ -51,6 +61,8 @@ class PacedStream(faust.Stream[Any]):
         module docstring); ``floor`` defaults to a tenth of ``within``."""
         if within <= 0:
             raise ValueError(f"within must be > 0 seconds, got {within!r}")
+        if not isinstance(self.channel, ChannelT):
+            raise TypeError(f"take_paced reads a channel or a topic, not {self.channel!r}")
         agen = self._take_paced(max_, within, within / 10 if floor is None else floor)
         self._active_agens.add(agen)  # closed when the stream stops (faust's take does so)
         return agen
@@ -59,7 +71,8 @@ class PacedStream(faust.Stream[Any]):
         self, max_: int, within: float, floor: float
     ) -> AsyncGenerator[list[Any], None]:
         loop = self.loop
-        events: list[Any] = []
+        events: list[Any] = self._paced_leftover or []
+        self._paced_leftover = None
         full, consumed, arrived = Event(), Event(), Event()
         ready = Event()  # max_ buffered, or the consumer has handed out all it fetched
 
@@ -92,10 +105,12 @@ class PacedStream(faust.Stream[Any]):
                                 track(message)
                                 on_message_in(message.tp, message.offset, message)
                             on_event_in(message.tp, message.offset, self, event)
+                            _current_event.set(weakref.ref(event))
                             self.current_event = event
                             try:
+                                value = event.value
                                 for processor in processors:
-                                    await maybe_async(processor(event.value))
+                                    value = await maybe_async(processor(value))
                             except Skip:
                                 await self.ack(event)
                             else:
@@ -106,12 +121,16 @@ class PacedStream(faust.Stream[Any]):
                                     full.set()
                                     ready.set()
                                     consumed.clear()
-                                    await self.wait(consumed)  # until taken: never more than max_
+                                    # until taken: never more than max_
+                                    if (await self.wait(consumed)).stopped:
+                                        return
                         if queue.empty():
                             break
                         event = queue.get_nowait()
-            except StopAsyncIteration:
-                return  # the channel has ended (faust's iteration ends there too)
+                    self.current_event = None
+            except StopAsyncIteration:  # the channel has ended: so does the batching
+                for waited in (arrived, ready, full):
+                    waited.set()
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
@@ -137,6 +156,8 @@ class PacedStream(faust.Stream[Any]):
                     if not full.is_set() and loop.time() < ended + floor:
                         await self.wait_for_stopped(full, timeout=ended + floor - loop.time())
                 if not events:
+                    if filler.done():
+                        return  # the channel has ended, or the stream crashed
                     due = loop.time()
                     ready.clear()  # a hand-out to other agents
                     continue
@@ -147,6 +168,9 @@ class PacedStream(faust.Stream[Any]):
                 ready.clear()
                 arrived.clear()
                 consumed.set()  # a filler held by the full buffer goes on into the new one
+                batch = await self._skip_stale(batch)
+                if not batch:
+                    continue
                 try:
                     yield batch
                 finally:
@@ -156,9 +180,27 @@ class PacedStream(faust.Stream[Any]):
                 due = None if len(batch) >= max_ else began + within
         finally:
             filler.cancel()
+            self._paced_leftover = events or None
             if unhook is not None:
                 unhook()
             self._channel_stop_iteration(self.channel)
             if started:  # as faust's iteration: a stream it started, it stops
                 await self.stop()
                 self.service_reset()
+
+    async def _skip_stale(self, batch: list[Any]) -> list[Any]:
+        """The batch without the events read before a rebalance (or while one is under
+        way) that came since they were buffered: acknowledged and left out, as faust's
+        iteration skips them; the consumer reads them again from the committed offset."""
+        app = self.app
+        generation = app.consumer_generation_id
+        active = app.flow_control.is_active()
+        if active and all(event.message.generation_id == generation for event in batch):
+            return batch
+        kept = []
+        for event in batch:
+            if active and event.message.generation_id == generation:
+                kept.append(event)
+            else:
+                await self.ack(event)
+        return kept

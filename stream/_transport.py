@@ -94,8 +94,8 @@ class _Consumer(_faust_aiokafka.Consumer):
     _handed_out: tuple[Callable[[], None], ...] = ()
 
     def on_handed_out(self, hook: Callable[[], None]) -> Callable[[], None]:
-        """Call ``hook`` each time every record of a fetch has been handed to the
-        agents (the consumer has nothing more in hand); returns the unregistering
+        """Call ``hook`` each time every record of a fetch has been put on the agents'
+        channels (the consumer has nothing more in hand); returns the unregistering
         function. :meth:`stream._take.PacedStream.take_paced` starts its next batch
         then, rather than waiting out its window."""
         self._handed_out = (*self._handed_out, hook)
@@ -134,7 +134,6 @@ class _Consumer(_faust_aiokafka.Consumer):
                     continue
                 handed = 0
                 async for tp, message in records:
-                    handed += 1
                     since_yield += 1
                     if since_yield > yield_every:
                         await asyncio.sleep(0)
@@ -149,6 +148,7 @@ class _Consumer(_faust_aiokafka.Consumer):
                         self._n_acked = 0
                         await self.commit()
                     delivery = callback(message)
+                    handed += 1
                     if not isinstance(delivery, Coroutine):
                         await self.wait_first(delivery, self.suspend_flow.wait())
                     else:

@@ -190,3 +190,56 @@ def test_a_resumed_delivery_is_cancelled_and_fails_as_itself() -> None:
             await task
 
     asyncio.run(main())
+
+
+def test_events_read_before_a_rebalance_are_left_out_of_the_batch() -> None:
+    """A rebalance while events wait for the next batch: they are acknowledged and left
+    out, as faust's iteration skips events of an older generation (the consumer reads
+    them again from the committed offset); the events read since go on."""
+
+    async def rebalance_while_waiting(ctx: Any) -> None:
+        await ctx.put(0, wait=False)
+        await asyncio.sleep(0.5)  # the first batch is out (the agent holds it 1 s)
+        for value in range(1, 6):
+            await ctx.put(value, wait=False)
+        await asyncio.sleep(0.1)
+        ctx.app.consumer_generation_id += 1
+        for value in range(6, 9):
+            await ctx.put(value, wait=False)
+
+    seen = _batches(rebalance_while_waiting, total=4, max_=100, within=1.0, work=1.0)
+    assert [batch for _, batch in seen] == [[0], [6, 7, 8]]
+
+
+def test_events_buffered_when_the_batching_stopped_go_to_the_next() -> None:
+    """faust restarts a crashed agent on the same stream, which takes again: the events
+    that were waiting for the next batch are its first batch, none lost, none twice."""
+
+    async def main() -> list[list[int]]:
+        app = faust.App(f"take-{uuid.uuid4().hex}", Stream=PacedStream)  # never started
+        seen: list[list[int]] = []
+        done = asyncio.Event()
+
+        @app.agent(app.channel())  # type: ignore[untyped-decorator]
+        async def agent(stream: Any) -> None:
+            first = stream.take_paced(100, within=0.2)
+            seen.append([e.value for e in await first.__anext__()])
+            await asyncio.sleep(0.5)  # events arrive meanwhile
+            await first.aclose()  # as when the agent raises out of its loop
+            async for batch in stream.take_paced(100, within=0.2):
+                seen.append([e.value for e in batch])
+                if sum(map(len, seen)) >= 11:
+                    done.set()
+
+        async with agent.test_context() as ctx:
+            await ctx.put(0, wait=False)
+            await asyncio.sleep(0.2)
+            for value in range(1, 11):
+                await ctx.put(value, wait=False)
+            await asyncio.wait_for(done.wait(), timeout=30)
+        app.consumer._thread.thread_loop.close()
+        return seen
+
+    seen = asyncio.run(main())
+    assert seen[0] == [0]
+    assert [v for batch in seen[1:] for v in batch] == list(range(1, 11))
