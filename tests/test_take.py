@@ -243,3 +243,12 @@ def test_events_buffered_when_the_batching_stopped_go_to_the_next() -> None:
     seen = asyncio.run(main())
     assert seen[0] == [0]
     assert [v for batch in seen[1:] for v in batch] == list(range(1, 11))
+
+
+def test_a_stream_that_is_not_on_a_channel_is_refused() -> None:
+    app = faust.App(f"take-{uuid.uuid4().hex}", Stream=PacedStream)
+    stream = app.stream([1, 2, 3])
+    with pytest.raises(TypeError, match="channel or a topic"):
+        stream.take_paced(10, within=0.1)
+    with pytest.raises(ValueError, match="within must be > 0"):
+        app.stream(app.channel()).take_paced(10, within=0)
