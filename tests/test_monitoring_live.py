@@ -111,6 +111,12 @@ def start_prometheus(tmp_path: Path, targets: list[str]) -> Prometheus:
     raise RuntimeError(f"prometheus did not start:\n{log.read_text()[-3000:]}")
 
 
+# the live days arrive as a backlog: catch-up scoring would emit one score per customer
+# per flush, and how many flushes the drain spans (so how many scores reach the drift
+# window, whose rule needs 200) would depend on the worker's speed: 197 in one run
+EVERY_BATCH = {"CHURN_CATCHUP_SECONDS": "0"}
+
+
 def stream_bank(broker: Broker, tmp_path: Path, shift: float) -> None:
     """Simulate May-December 2025 for 300 customers (the champion's calendar); backfill
     it, then replay its last 10 days live. (With 200, the 7-day drift window held 191
@@ -138,7 +144,7 @@ def wait_for(check: Any, what: str, timeout: float = 180) -> Any:
 def test_prometheus_scrapes_the_worker_and_the_score_drift_rule_fires_on_a_shift(
     broker: Broker, champion_dir: Path, tmp_path: Path
 ) -> None:
-    worker = start_worker(broker, champion_dir, "drift-shift")
+    worker = start_worker(broker, champion_dir, "drift-shift", settings=EVERY_BATCH)
     try:  # a Prometheus that cannot start leaves no worker behind
         prom = start_prometheus(tmp_path, [f"127.0.0.1:{worker.web_port}"])
     except BaseException:
@@ -189,7 +195,7 @@ def test_prometheus_scrapes_the_worker_and_the_score_drift_rule_fires_on_a_shift
 def test_without_a_shift_the_score_psi_stays_below_watch_level(
     broker: Broker, champion_dir: Path, tmp_path: Path
 ) -> None:
-    worker = start_worker(broker, champion_dir, "drift-none")
+    worker = start_worker(broker, champion_dir, "drift-none", settings=EVERY_BATCH)
     try:  # a Prometheus that cannot start leaves no worker behind
         prom = start_prometheus(tmp_path, [f"127.0.0.1:{worker.web_port}"])
     except BaseException:

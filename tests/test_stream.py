@@ -68,7 +68,12 @@ rules:
 
 
 def start_worker(
-    broker: Broker, data_dir: Path, name: str, poll: float = 30.0, policy: str = ""
+    broker: Broker,
+    data_dir: Path,
+    name: str,
+    poll: float = 30.0,
+    policy: str = "",
+    settings: dict[str, str] | None = None,
 ) -> Worker:
     web_port = free_port()
     log = data_dir / f"{name}.log"
@@ -84,6 +89,7 @@ def start_worker(
         "CHURN_WEB_PORT": str(web_port),
         "CHURN_MODEL_POLL_SECONDS": str(poll),
         "CHURN_PARTITIONS": "8",
+        **(settings or {}),
     }
     env.pop("MLFLOW_TRACKING_URI", None)
     # each worker keeps its own faust data dir
