@@ -6,7 +6,8 @@ the way the worker does: the worker's transport (``stream._transport``, records
 handed over inline) and micro-batches (``stream._take``, every queued record taken in
 one turn of the loop). With ``--stock-faust`` it reads as faust 0.15.3 does (``wait_first``
 per record, ``take_events`` filled one record per turn): the ceiling of a stock
-faust agent.
+faust agent. Both keep the rest of the worker's transport: the short fetch wait the
+dev broker needs, and end offsets read from the data.
 """
 
 from __future__ import annotations
