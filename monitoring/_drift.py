@@ -159,11 +159,20 @@ class DriftWindow:
             missing = np.isnan(x)
             bins[j] = np.where(missing, len(edges) + 1, np.searchsorted(edges, x, side="left"))
             present_vals[j] = np.where(missing, 0.0, x)
+        # one count for all columns: bin k of column j is cell j * width + k (a bin
+        # beyond the width, which no reference has, goes to a last cell, dropped)
+        cells = ncol * self.width
+        flat = np.where(
+            bins < self.width,
+            bins + np.arange(0, cells, self.width, dtype=np.int64)[:, None],
+            cells,
+        )
         for b in np.unique(bucket):
             rows = bucket == b
             counts, sums = self._bucket(int(b))
-            for j in range(ncol):
-                counts[j] += np.bincount(bins[j, rows], minlength=self.width)[: self.width]
+            counts += np.bincount(flat[:, rows].ravel(), minlength=cells + 1)[:cells].reshape(
+                ncol, self.width
+            )
             sums += present_vals[:, rows].sum(axis=1)
         while len(self._buckets) > self.buckets_kept or (
             self._buckets and next(iter(self._buckets)) <= newest - self.buckets_kept

@@ -20,7 +20,7 @@ import numpy.typing as npt
 from features import AGGREGATES, CustomerState, feature_fingerprint, finalize
 from features._state import aggregates_many
 from features.errors import ModelNotFoundError
-from serving._scores import Score, lifecycle_stage, loyalty_score, value_tier
+from serving._scores import Score, lifecycle_stages, loyalty_scores, value_tier
 
 __all__ = [
     "Bundle",
@@ -128,6 +128,8 @@ def score_batch(model: LiveModel, states: Sequence[CustomerState]) -> ScoredBatc
     out = []
     names = list(feats)
     rows = np.column_stack([feats[name] for name in names]).tolist()  # float64 (finalize)
+    loyalty = loyalty_scores(feats, len(states))
+    stages = lifecycle_stages(feats, len(states))
     for i, state in enumerate(states):
         f = dict(zip(names, rows[i], strict=True))
         out.append(
@@ -138,8 +140,8 @@ def score_batch(model: LiveModel, states: Sequence[CustomerState]) -> ScoredBatc
                     churn_probability=float(churn[i]),
                     predicted_value_minor=float(value[i]),
                     value_tier=value_tier(float(value[i]), edges),
-                    loyalty_score=loyalty_score(f),
-                    lifecycle_stage=lifecycle_stage(f),
+                    loyalty_score=loyalty[i],
+                    lifecycle_stage=stages[i],
                     model_version=model.version,
                     manager_id=state.manager_id,
                     branch_id=state.branch_id,

@@ -354,3 +354,33 @@ def test_the_newest_buckets_alone_give_their_own_counts_and_means() -> None:
     assert newest.live_mean == pytest.approx(90.0)
     assert w.drift()[0].live_mean == pytest.approx((100 + 360) / 14)
     assert w.snapshot(last_buckets=1)["drift"][0]["n"] == 4
+
+
+def test_the_window_counts_each_column_and_bucket_as_one_bincount_per_column_would() -> None:
+    """Columns of different bin counts, missing values, several event-time buckets in
+    one batch: the counts are those of a bincount per column and bucket."""
+    rng = np.random.default_rng(11)
+    reference = {
+        "wide": reference_distribution(rng.normal(0, 1, 5_000)),
+        "narrow": reference_distribution(rng.integers(0, 3, 5_000).astype(float)),
+        "p": reference_distribution(rng.random(5_000)),
+    }
+    columns = ["wide", "narrow", "p"]
+    w = DriftWindow(reference, columns, window_days=7)
+    n = 3_000
+    t = (100 * DAY_US + rng.integers(0, 3 * DAY_US, n)).astype(np.int64)  # 3 buckets
+    values = {
+        "wide": np.where(rng.random(n) < 0.1, np.nan, rng.normal(0.5, 2, n)),
+        "narrow": np.where(rng.random(n) < 0.3, np.nan, rng.integers(-1, 5, n).astype(float)),
+        "p": rng.random(n),
+    }
+    w.add(t[: n // 2], {k: v[: n // 2] for k, v in values.items()})
+    w.add(t[n // 2 :], {k: v[n // 2 :] for k, v in values.items()})
+    expected = np.zeros((len(columns), w.width), np.int64)
+    for j, (name, edges) in enumerate(zip(w.columns, w.edges, strict=True)):
+        x = values[name]
+        bins = np.where(np.isnan(x), len(edges) + 1, np.searchsorted(edges, x, side="left"))
+        expected[j] = np.bincount(bins, minlength=w.width)[: w.width]
+    assert len({len(e) for e in w.edges}) > 1  # the columns' bins differ
+    assert (w.counts() == expected).all()
+    assert expected[:, -1].sum() > 0  # missing values counted
