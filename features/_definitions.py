@@ -758,8 +758,8 @@ def finalize(aggs: Mapping[str, npt.ArrayLike]) -> dict[str, Arr]:
     """Features from aggregate columns (float64; NaN = missing), for any number of rows."""
     arrays = {k: np.asarray(v, dtype=np.float64) for k, v in aggs.items()}
     shape = arrays[AS_OF.key].shape
-    # one errstate for all features (entering one per expression node was most of the
-    # cost of a live micro-batch's features: 1.1 ms per batch, whatever its size)
+    # one errstate for all features: entering one per expression node cost about 0.3 ms
+    # of every live micro-batch's features (1.1 ms), whatever the batch's size
     with np.errstate(divide="ignore", invalid="ignore"):
         return {
             f.name: np.broadcast_to(_eval(f.expr, arrays), shape).astype(np.float64)
