@@ -55,7 +55,7 @@ def test_batch_equals_each_row(missing: str | None) -> None:
             math.copysign(1, loyalty_score(row)),
         ), row
         assert stages[i] == lifecycle_stage(row), row
-    # every stage and the whole loyalty range are reached: the comparison covers them
+    # every stage, and loyalty from 0 to well above the middle: the comparison covers them
     reachable = {"new", "growing", "mature", "declining", "dormant"}
     if missing == "tenure_days":
         reachable.remove("new")  # no tenure: never new
