@@ -129,7 +129,7 @@ def lifecycle_stage(f: Mapping[str, float]) -> Stage:
 # columns: the same arithmetic as the functions above, in the same order, on float64
 # (equal to them row by row, by test); the final clamp and rounding stay Python's.
 
-Columns = Mapping[str, "npt.NDArray[np.float64]"]
+Columns = Mapping[str, npt.NDArray[np.float64]]
 
 
 def _col(features: Columns, name: str, n: int, default: float = 0.0) -> npt.NDArray[np.float64]:
