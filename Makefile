@@ -9,7 +9,7 @@ DATA ?= data
 DEMO_CUSTOMERS ?= 20000
 DEMO_MONTHS ?= 24
 
-.PHONY: install demo test lint bench bench-stream bench-training bench-import bench-monitoring bench-flush schema clean
+.PHONY: install demo test lint bench bench-stream bench-training bench-import bench-monitoring bench-flush bench-latency schema clean
 
 install: $(STAMP)
 
@@ -53,6 +53,9 @@ bench-monitoring: $(STAMP)
 
 bench-flush: $(STAMP)
 	$(PY) -m bench.compare --runs 3 --faust-noop --config default: --config catchup-off:CHURN_CATCHUP_SECONDS=0
+
+bench-latency: $(STAMP)
+	$(PY) -m bench.stream --customers 600 --runs 0 --memory-customers 0 --paired --latency-runs 3
 
 bench-import: $(STAMP)
 	$(PY) -m bench.importer --rows 10000000

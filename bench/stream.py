@@ -149,6 +149,20 @@ def _latency_run(work: Path, frame: Any, rate: float, i: int) -> tuple[list[floa
         return _latencies(bootstrap), _latencies(bootstrap, "manager.alerts")
 
 
+def _steady_capacity(work: Path, frame: Any, i: int) -> float:
+    """Records/s one worker drains the whole log at, scoring every micro-batch
+    (``CHURN_CATCHUP_SECONDS=0``), on a fresh broker: the steady stream it can keep up
+    with, measured just before the latency run it sets the rate of."""
+    with Broker(_free_port(), log=work / f"broker-cap{i}.log") as broker:
+        bootstrap = broker.url.removeprefix("kafka://")
+        replay(bootstrap, "bank.events", frame)
+        pipe, _ = _pipeline_worker(broker, work, f"worker-cap{i}", CHURN_CATCHUP_SECONDS="0")
+        try:
+            return _consume_rate(bootstrap, "churn-engine", frame.height)
+        finally:
+            stop_group(pipe)
+
+
 def _rss_mb(pid: int) -> float:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("VmRSS"):
@@ -191,11 +205,21 @@ def main() -> int:
     )
     parser.add_argument("--latency-runs", type=int, default=3, help="latency runs (median)")
     parser.add_argument(
+        "--paired",
+        action="store_true",
+        help="measure the steady capacity (every micro-batch scored) just before each "
+        "latency run, and run it at half of that (this machine's speed drifts)",
+    )
+    parser.add_argument(
         "--overhead",
         action="store_true",
         help="only the cost of monitoring: the pipeline with CHURN_MONITORING on vs off",
     )
     args = parser.parse_args()
+    if args.paired and args.capacity:
+        parser.error("--paired measures the capacity; --capacity gives it: one or the other")
+    if not (args.runs or args.capacity or args.paired or args.overhead):
+        parser.error("no capacity to take half of: --runs 0 needs --capacity or --paired")
     work = Path(tempfile.mkdtemp(prefix="bench-stream-"))
     ts = train_champion(work)
     log = work / "events.parquet"
@@ -246,15 +270,20 @@ def main() -> int:
         )
     memory = _memory_per_100k(work, args.memory_customers) if args.memory_customers else None
     # latency at a steady rate of half the pipeline's capacity (each run on a fresh broker)
-    rate = (args.capacity or statistics.median(pipes)) / 2
+    fixed = (args.capacity or (statistics.median(pipes) if pipes else 0.0)) / 2
     # the load generator's own full collections (it holds the training set and the
     # frames) would hold up its sends and count as the worker's latency
     gc.freeze()
-    lat_runs = [_latency_run(work, frame, rate, i) for i in range(args.latency_runs)]
-    for i, (lat, alert_lat) in enumerate(lat_runs, 1):
+    lat_runs, capacities, rates = [], [], []
+    for i in range(args.latency_runs):
+        if args.paired:
+            capacities.append(_steady_capacity(work, frame, i))
+        rates.append(capacities[-1] / 2 if args.paired else fixed)
+        lat_runs.append(_latency_run(work, frame, rates[-1], i))
+        lat, alert_lat = lat_runs[-1]
         print(
-            f"latency run {i}: p50 {np.percentile(lat, 50):.0f} ms, p99 {np.percentile(lat, 99):.0f} ms"
-            f" ({len(lat):,} scores); alerts p99 "
+            f"latency run {i + 1}: {rates[-1]:,.0f} records/s, p50 {np.percentile(lat, 50):.0f} ms, "
+            f"p99 {np.percentile(lat, 99):.0f} ms ({len(lat):,} scores); alerts p99 "
             f"{np.percentile(alert_lat, 99) if alert_lat else float('nan'):.0f} ms",
             file=sys.stderr,
         )
@@ -279,8 +308,20 @@ def main() -> int:
         print(
             f"| **median** | **{statistics.median(pipes):,.0f}** | **{statistics.median(noops):,.0f}** | **{statistics.median(ratios):.3f}** |\n"
         )
+    if args.paired:
+        print("| run | steady capacity (records/s) | rate (half) | p50 (ms) | p99 (ms) |")
+        print("|---|---|---|---|---|")
+        for i, (c, r, (lat, _)) in enumerate(zip(capacities, rates, lat_runs, strict=True), 1):
+            q50, q99 = np.percentile(lat, [50, 99])
+            print(f"| {i} | {c:,.0f} | {r:,.0f} | {q50:.0f} | {q99:.0f} |")
+        print()
+        what = "half the steady capacity measured just before each run"
+    else:
+        what = f"{rates[0]:,.0f} records/s, half the " + (
+            "given capacity" if args.capacity else "median capacity"
+        )
     print(
-        f"Produce-to-score latency at a steady {rate:,.0f} records/s (half the median capacity), "
+        f"Produce-to-score latency at a steady rate ({what}), "
         f"the median of {len(p99s)} runs by p99 ({len(latencies):,} scores): p50 {p50:.0f} ms, "
         f"p99 {p99:.0f} ms (p99 of each run: {', '.join(f'{x:.0f}' for x in p99s)} ms).\n"
     )
