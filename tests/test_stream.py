@@ -89,6 +89,10 @@ def start_worker(
         "CHURN_WEB_PORT": str(web_port),
         "CHURN_MODEL_POLL_SECONDS": str(poll),
         "CHURN_PARTITIONS": "8",
+        # faust's own settings, from the environment: a killed worker's partitions move
+        # after 10 s without its heartbeat, not faust's default 60 s
+        "BROKER_SESSION_TIMEOUT": "10",
+        "BROKER_HEARTBEAT_INTERVAL": "1",
         **(settings or {}),
     }
     env.pop("MLFLOW_TRACKING_URI", None)
