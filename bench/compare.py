@@ -21,9 +21,8 @@ from bench.run import _machine
 from bench.stream import (
     ROOT,
     _consume_rate,
+    _drain,
     _free_port,
-    _pipeline_worker,
-    _stats,
     _worker,
     train_champion,
 )
@@ -71,10 +70,14 @@ def main() -> int:
     for run in range(args.runs):
         k = run % len(names)
         for name in names[k:] + names[:k]:
-            with Broker(_free_port(), log=work / f"broker-{name}{run}.log") as broker:
-                bootstrap = broker.url.removeprefix("kafka://")
-                replay(bootstrap, "bank.events", frame)
-                if name in noops:
+            if name not in noops:
+                rate, emitted = _drain(work, frame, f"{name}{run}", **envs[name])
+                rates[name].append(rate)
+                scored[name].append(emitted)
+            else:
+                with Broker(_free_port(), log=work / f"broker-{name}{run}.log") as broker:
+                    bootstrap = broker.url.removeprefix("kafka://")
+                    replay(bootstrap, "bank.events", frame)
                     flags = ["--stock-faust"] if name == FAUST_NOOP else []
                     proc = _worker(
                         [
@@ -88,16 +91,10 @@ def main() -> int:
                         {**os.environ, "PYTHONPATH": str(ROOT)},
                         work / f"noop{run}.log",
                     )
-                    web, group = None, "noop-bench"
-                else:
-                    proc, web = _pipeline_worker(broker, work, f"{name}{run}", **envs[name])
-                    group = "churn-engine"
-                try:
-                    rates[name].append(_consume_rate(bootstrap, group, total))
-                    if web is not None:
-                        scored[name].append(int(_stats(web)["counts"].get("scored", 0)))
-                finally:
-                    stop_group(proc)
+                    try:
+                        rates[name].append(_consume_rate(bootstrap, "noop-bench", total))
+                    finally:
+                        stop_group(proc)
             print(f"run {run + 1}: {name} {rates[name][-1]:,.0f}/s", file=sys.stderr)
     noop = statistics.median(rates["no-op"])
     stock = statistics.median(rates[FAUST_NOOP]) if args.faust_noop else None

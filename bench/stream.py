@@ -149,18 +149,25 @@ def _latency_run(work: Path, frame: Any, rate: float, i: int) -> tuple[list[floa
         return _latencies(bootstrap), _latencies(bootstrap, "manager.alerts")
 
 
-def _steady_capacity(work: Path, frame: Any, i: int) -> float:
-    """Records/s one worker drains the whole log at, scoring every micro-batch
-    (``CHURN_CATCHUP_SECONDS=0``), on a fresh broker: the steady stream it can keep up
-    with, measured just before the latency run it sets the rate of."""
-    with Broker(_free_port(), log=work / f"broker-cap{i}.log") as broker:
+def _drain(work: Path, frame: Any, name: str, **env_extra: str) -> tuple[float, int]:
+    """Records/s at which one worker (settings ``env_extra``) drains the whole log from
+    a fresh broker holding it, and how many scores it emitted."""
+    with Broker(_free_port(), log=work / f"broker-{name}.log") as broker:
         bootstrap = broker.url.removeprefix("kafka://")
         replay(bootstrap, "bank.events", frame)
-        pipe, _ = _pipeline_worker(broker, work, f"worker-cap{i}", CHURN_CATCHUP_SECONDS="0")
+        pipe, web = _pipeline_worker(broker, work, name, **env_extra)
         try:
-            return _consume_rate(bootstrap, "churn-engine", frame.height)
+            rate = _consume_rate(bootstrap, "churn-engine", frame.height)
+            return rate, int(_stats(web)["counts"].get("scored", 0))
         finally:
             stop_group(pipe)
+
+
+def _steady_capacity(work: Path, frame: Any, i: int) -> float:
+    """The rate of a drain scoring every micro-batch (``CHURN_CATCHUP_SECONDS=0``): the
+    steady stream a worker keeps up with, measured just before the latency run it sets
+    the rate of."""
+    return _drain(work, frame, f"worker-cap{i}", CHURN_CATCHUP_SECONDS="0")[0]
 
 
 def _rss_mb(pid: int) -> float:
