@@ -52,8 +52,17 @@ class Worker:
     log: Path
 
     def stats(self) -> dict[str, object]:
-        url = f"http://127.0.0.1:{self.web_port}/stats/"
-        with urllib.request.urlopen(url, timeout=5) as resp:
+        return self._get("/stats/")
+
+    def consumer(self) -> dict[str, object]:
+        """The worker's view of its source partitions (``/debug/consumer/``)."""
+        return self._get("/debug/consumer/")
+
+    def partitions(self) -> set[int]:
+        return {int(p) for p in self.consumer()["partitions"]}  # type: ignore[attr-defined]
+
+    def _get(self, path: str) -> dict[str, object]:
+        with urllib.request.urlopen(f"http://127.0.0.1:{self.web_port}{path}", timeout=5) as resp:
             return dict(json.loads(resp.read()))
 
 
@@ -136,14 +145,30 @@ def wait_caught_up(broker: Broker, *workers: Worker, stalled_after: float = 240)
         if time.monotonic() - since > stalled_after:
             break
         time.sleep(2)
+    raise AssertionError(f"the lag stopped going down at {lag}\n" + views_of(*workers))
+
+
+def views_of(*workers: Worker) -> str:
+    """Each live worker's view of its partitions, and the tail of every worker's log."""
     views = []
     for w in workers:
         if w.proc.poll() is None:
-            url = f"http://127.0.0.1:{w.web_port}/debug/consumer/"
-            with urllib.request.urlopen(url, timeout=5) as resp:
-                views.append(resp.read().decode())
+            views.append(json.dumps(w.consumer()))
         views.append(w.log.read_text()[-4000:])
-    raise AssertionError(f"the lag stopped going down at {lag}\n" + "\n".join(views))
+    return "\n".join(views)
+
+
+def wait_partitions_split(*workers: Worker, partitions: int = 8, within: float = 180) -> None:
+    """Until every worker holds some of the source partitions and together all of
+    them, once each: the group has settled, so a log sent now reaches every worker."""
+    deadline = time.monotonic() + within
+    while True:
+        held = [w.partitions() for w in workers]
+        if all(held) and sorted(p for h in held for p in h) == list(range(partitions)):
+            return
+        if time.monotonic() > deadline:
+            raise AssertionError(f"the partitions were not shared: {held}\n" + views_of(*workers))
+        time.sleep(0.5)
 
 
 def send(
@@ -390,10 +415,15 @@ def test_two_workers_share_partitions_and_the_survivor_takes_over(
     a = start_worker(broker, champion_dir, "scale-a")
     b = start_worker(broker, second_dir, "scale-b")
     try:
+        # the log (about 21,000 records) drains in seconds: sent before the second
+        # worker has joined the group, all of it could go to the first
+        wait_partitions_split(a, b)
         send(broker, stream_log, None, None, backfill=True)
         deadline = time.monotonic() + 300
         while int(b.stats()["counts"].get("consumed", 0)) < 1000:  # type: ignore[union-attr]
-            assert time.monotonic() < deadline, "the second worker got no partitions"
+            assert time.monotonic() < deadline, "the second worker read too little\n" + views_of(
+                a, b
+            )
             time.sleep(0.5)
         os.killpg(b.proc.pid, signal.SIGKILL)
         b.proc.wait()
