@@ -415,7 +415,7 @@ def test_two_workers_share_partitions_and_the_survivor_takes_over(
     a = start_worker(broker, champion_dir, "scale-a")
     b = start_worker(broker, second_dir, "scale-b")
     try:
-        # the log (about 21,000 records) drains in seconds: sent before the second
+        # the log (44,001 records) drains in seconds: sent before the second
         # worker has joined the group, all of it could go to the first
         wait_partitions_split(a, b)
         send(broker, stream_log, None, None, backfill=True)
