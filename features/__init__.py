@@ -5,6 +5,7 @@ Imports none of the engine's other packages.
 
 from features._availability import Availability, feature_availability
 from features._definitions import (
+    AGG_KEYS,
     AGGREGATES,
     FEATURES,
     FEATURES_BY_NAME,
@@ -40,6 +41,7 @@ from features.errors import (
 
 __all__ = [
     "AGGREGATES",
+    "AGG_KEYS",
     "CHURN_DEFINITIONS",
     "FEATURES",
     "FEATURES_BY_NAME",

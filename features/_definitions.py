@@ -29,7 +29,7 @@ True
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Final, Literal
 
@@ -39,6 +39,7 @@ import numpy.typing as npt
 __all__ = [
     "AGGREGATES",
     "AGG_INDEX",
+    "AGG_KEYS",
     "DAY_US",
     "FEATURES",
     "FEATURES_BY_NAME",
@@ -276,39 +277,77 @@ def flag(a: Expr | Agg) -> Expr:
     return Expr("flag", (a,))
 
 
-def _eval(e: Expr | Agg | float, aggs: Mapping[str, Arr]) -> Arr:
-    """An expression on aggregate columns; under :func:`finalize`'s ``np.errstate``
-    (division by zero and NaN arithmetic give NaN or inf quietly: ``div`` and ``change``
-    turn a zero divisor into NaN)."""
+Evaluator = Callable[[Mapping[str, Arr]], Arr]
+
+
+def _compile(e: Expr | Agg | float) -> Evaluator:
+    """An expression as a function of the aggregate columns, built once per feature.
+
+    It runs under :func:`finalize`'s ``np.errstate`` (division by zero and NaN
+    arithmetic give NaN or inf quietly: ``div`` and ``change`` turn a zero divisor into
+    NaN). Walking the expression tree at every call cost a live micro-batch about
+    0.4 ms of its features, whatever its size; the numpy operations and their order
+    are the same either way."""
     if isinstance(e, Agg):
-        return aggs[e.key]
+        key = e.key
+        return lambda aggs: aggs[key]
     if isinstance(e, float | int):
-        return np.asarray(float(e))
-    xs = [_eval(a, aggs) for a in e.args]
-    if e.op == "val":
-        return xs[0]
-    if e.op == "add":
-        out = xs[0]
-        for x in xs[1:]:
-            out = out + x
-        return out
-    if e.op == "sub":
-        return xs[0] - xs[1]
-    if e.op == "scale":
-        return xs[0] * xs[1]
-    if e.op == "div":
-        return np.where(xs[1] == 0, np.nan, xs[0] / xs[1])
-    if e.op == "days_since":
-        return (aggs[AS_OF.key] - xs[0]) / DAY_US
-    if e.op == "std":
-        n, s, ss = xs
-        var = (n * ss - s * s) / (n * (n - 1))
-        return np.where(n >= 2, np.sqrt(np.maximum(var, 0.0)), np.nan)
-    if e.op == "change":
-        return np.where(xs[1] == 0, np.nan, (xs[0] - xs[1]) / np.abs(xs[1]))
-    if e.op == "flag":
-        return (xs[0] > 0).astype(np.float64)
-    raise ValueError(f"unknown op {e.op!r}")
+        const = np.asarray(float(e))
+        const.flags.writeable = False
+        return lambda aggs: const
+    fs = [_compile(a) for a in e.args]
+    op = e.op
+    if op == "val":
+        return fs[0]
+    if op == "add":
+        first, rest = fs[0], fs[1:]
+
+        def add_(aggs: Mapping[str, Arr]) -> Arr:
+            out = first(aggs)
+            for f in rest:
+                out = out + f(aggs)
+            return out
+
+        return add_
+    if op == "sub":
+        a, b = fs
+        return lambda aggs: a(aggs) - b(aggs)
+    if op == "scale":
+        a, b = fs
+        return lambda aggs: a(aggs) * b(aggs)
+    if op == "div":
+        a, b = fs
+
+        def div_(aggs: Mapping[str, Arr]) -> Arr:
+            x, y = a(aggs), b(aggs)
+            return np.where(y == 0, np.nan, x / y)
+
+        return div_
+    if op == "days_since":
+        (a,) = fs
+        as_of = AS_OF.key
+        return lambda aggs: (aggs[as_of] - a(aggs)) / DAY_US
+    if op == "std":
+        fn, fsum, fsq = fs
+
+        def std_(aggs: Mapping[str, Arr]) -> Arr:
+            n, s, ss = fn(aggs), fsum(aggs), fsq(aggs)
+            var = (n * ss - s * s) / (n * (n - 1))
+            return np.where(n >= 2, np.sqrt(np.maximum(var, 0.0)), np.nan)
+
+        return std_
+    if op == "change":
+        a, b = fs
+
+        def change_(aggs: Mapping[str, Arr]) -> Arr:
+            x, y = a(aggs), b(aggs)
+            return np.where(y == 0, np.nan, (x - y) / np.abs(y))
+
+        return change_
+    if op == "flag":
+        (a,) = fs
+        return lambda aggs: (a(aggs) > 0).astype(np.float64)
+    raise ValueError(f"unknown op {op!r}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -752,6 +791,8 @@ AGGREGATES: Final[tuple[Agg, ...]] = tuple(
     sorted({a for f in FEATURES for a in f.expr.aggs()} | {AS_OF}, key=lambda a: a.key)
 )
 AGG_INDEX: Final = {a.key: i for i, a in enumerate(AGGREGATES)}
+AGG_KEYS: Final = tuple(a.key for a in AGGREGATES)
+_EVALUATORS: Final = tuple((f.name, _compile(f.expr)) for f in FEATURES)
 
 
 def finalize(aggs: Mapping[str, npt.ArrayLike]) -> dict[str, Arr]:
@@ -760,11 +801,14 @@ def finalize(aggs: Mapping[str, npt.ArrayLike]) -> dict[str, Arr]:
     shape = arrays[AS_OF.key].shape
     # one errstate for all features: entering one per expression node cost about 0.3 ms
     # of every live micro-batch's features (1.1 ms), whatever the batch's size
+    out = {}
     with np.errstate(divide="ignore", invalid="ignore"):
-        return {
-            f.name: np.broadcast_to(_eval(f.expr, arrays), shape).astype(np.float64)
-            for f in FEATURES
-        }
+        for name, evaluate in _EVALUATORS:
+            v = evaluate(arrays)
+            if v.shape != shape:  # a constant, or a formula of constants
+                v = np.broadcast_to(v, shape)
+            out[name] = v.astype(np.float64)  # a copy: never a view of an input column
+    return out
 
 
 def feature_fingerprint() -> str:

@@ -17,7 +17,7 @@ from typing import Any, Protocol
 import numpy as np
 import numpy.typing as npt
 
-from features import AGGREGATES, CustomerState, feature_fingerprint, finalize
+from features import AGG_KEYS, CustomerState, feature_fingerprint, finalize
 from features._state import aggregates_many
 from features.errors import ModelNotFoundError
 from serving._scores import Score, lifecycle_stages, loyalty_scores, value_tier
@@ -97,7 +97,7 @@ def load_live_model(tracking_uri: str, model_name: str, version: str) -> LiveMod
 def feature_matrix(states: Sequence[CustomerState]) -> dict[str, Array]:
     """Features of each state at its newest event time (one row per state)."""
     aggs = aggregates_many(list(states), [s.max_t or 0 for s in states])
-    return finalize({a.key: aggs[:, j] for j, a in enumerate(AGGREGATES)})
+    return finalize(dict(zip(AGG_KEYS, aggs.T, strict=True)))
 
 
 def _iso(t_us: int) -> str:
