@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Protocol
@@ -24,6 +24,7 @@ from serving._scores import Score, lifecycle_stages, loyalty_scores, value_tier
 
 __all__ = [
     "Bundle",
+    "FeatureRow",
     "LiveModel",
     "ScoredBatch",
     "champion_version",
@@ -104,11 +105,37 @@ def _iso(t_us: int) -> str:
     return datetime.fromtimestamp(t_us / 1e6, tz=UTC).isoformat()
 
 
+class FeatureRow(Mapping[str, float]):
+    """One scored customer's features: a read-only mapping over its row of the batch.
+
+    Building a dict of the 81 features for every score cost about 5 µs a customer,
+    for the few names the alert rules read (and, for the customers who get an alert,
+    the reason codes)."""
+
+    __slots__ = ("_index", "_row")
+
+    def __init__(self, index: Mapping[str, int], row: Sequence[float]) -> None:
+        self._index = index
+        self._row = row
+
+    def __getitem__(self, name: str) -> float:
+        return self._row[self._index[name]]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._index)
+
+    def __len__(self) -> int:
+        return len(self._index)
+
+    def __repr__(self) -> str:
+        return f"FeatureRow({dict(self)!r})"
+
+
 @dataclass(frozen=True, slots=True)
 class ScoredBatch:
     """Scores of a micro-batch with the arrays behind them (for metrics and drift)."""
 
-    pairs: list[tuple[Score, dict[str, float]]]
+    pairs: list[tuple[Score, FeatureRow]]
     features: dict[str, Array]
     churn: Array
     value: Array
@@ -126,12 +153,11 @@ def score_batch(model: LiveModel, states: Sequence[CustomerState]) -> ScoredBatc
     churn, value = model.bundle.predict(x)
     edges = model.tier_edges
     out = []
-    names = list(feats)
-    rows = np.column_stack([feats[name] for name in names]).tolist()  # float64 (finalize)
+    index = {name: j for j, name in enumerate(feats)}
+    rows = np.column_stack(list(feats.values())).tolist()  # float64 (finalize)
     loyalty = loyalty_scores(feats, len(states))
     stages = lifecycle_stages(feats, len(states))
     for i, state in enumerate(states):
-        f = dict(zip(names, rows[i], strict=True))
         out.append(
             (
                 Score(
@@ -146,7 +172,7 @@ def score_batch(model: LiveModel, states: Sequence[CustomerState]) -> ScoredBatc
                     manager_id=state.manager_id,
                     branch_id=state.branch_id,
                 ),
-                f,
+                FeatureRow(index, rows[i]),
             )
         )
     return ScoredBatch(out, feats, np.asarray(churn), np.asarray(value), t_us)
@@ -154,6 +180,6 @@ def score_batch(model: LiveModel, states: Sequence[CustomerState]) -> ScoredBatc
 
 def score_states(
     model: LiveModel, states: Sequence[CustomerState]
-) -> list[tuple[Score, dict[str, float]]]:
+) -> list[tuple[Score, FeatureRow]]:
     """Score each state at its newest event time, with the features used."""
     return score_batch(model, states).pairs
