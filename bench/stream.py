@@ -59,6 +59,11 @@ def _consume_rate(bootstrap: str, group: str, total: int, timeout: float = 900) 
         if t0 is None and done > 0:
             t0, c0 = now, done
         if lag and sum(lag.values()) == 0 and t0 is not None:
+            if c0 == total:  # no second look before the end: nothing to time
+                raise SystemExit(
+                    f"the log ({total:,} records) was read within one look at the lag "
+                    "(0.5 s): too small to time; give more --customers"
+                )
             return (total - c0) / max(now - t0, 1e-9)  # type: ignore[operator]
         time.sleep(0.5)
     raise RuntimeError("timed out")
@@ -227,6 +232,8 @@ def main() -> int:
         parser.error("--paired measures the capacity; --capacity gives it: one or the other")
     if not (args.runs or args.capacity or args.paired or args.overhead):
         parser.error("no capacity to take half of: --runs 0 needs --capacity or --paired")
+    if args.latency_runs < 1 and (args.capacity or args.paired):
+        parser.error("--capacity and --paired are for latency runs: --latency-runs 0 has none")
     work = Path(tempfile.mkdtemp(prefix="bench-stream-"))
     ts = train_champion(work)
     log = work / "events.parquet"
@@ -294,11 +301,6 @@ def main() -> int:
             f"{np.percentile(alert_lat, 99) if alert_lat else float('nan'):.0f} ms",
             file=sys.stderr,
         )
-    by_p99 = sorted((float(np.percentile(lat, 99)), i) for i, (lat, _) in enumerate(lat_runs))
-    p99s = [p for p, _ in by_p99]
-    latencies, alert_latencies = lat_runs[by_p99[len(by_p99) // 2][1]]  # the median run by p99
-    p50, p99 = np.percentile(latencies, [50, 99])
-    a50, a99 = np.percentile(alert_latencies, [50, 99]) if alert_latencies else (np.nan, np.nan)
     explain_s = _reason_codes_seconds(work, ts)
     print(f"\n## Streaming pipeline (`python -m bench.stream {' '.join(sys.argv[1:])}`)\n")
     print(
@@ -315,35 +317,41 @@ def main() -> int:
         print(
             f"| **median** | **{statistics.median(pipes):,.0f}** | **{statistics.median(noops):,.0f}** | **{statistics.median(ratios):.3f}** |\n"
         )
-    if args.paired:
+    if lat_runs:  # --latency-runs 0: throughput only
+        by_p99 = sorted((float(np.percentile(lat, 99)), i) for i, (lat, _) in enumerate(lat_runs))
+        p99s = [p for p, _ in by_p99]
+        latencies, alert_latencies = lat_runs[by_p99[len(by_p99) // 2][1]]  # the median run by p99
+        p50, p99 = np.percentile(latencies, [50, 99])
+        a50, a99 = np.percentile(alert_latencies, [50, 99]) if alert_latencies else (np.nan, np.nan)
+        if args.paired:
+            print(
+                "| run | steady capacity (records/s) | rate (half) | p50 (ms) | p99 (ms) "
+                "| p99 of the last third (ms) |"
+            )
+            print("|---|---|---|---|---|---|")
+            for i, (c, r, (lat, _)) in enumerate(zip(capacities, rates, lat_runs, strict=True), 1):
+                q50, q99 = np.percentile(lat, [50, 99])
+                late = np.percentile(lat[-len(lat) // 3 :], 99)  # by produce time: fuller states
+                print(f"| {i} | {c:,.0f} | {r:,.0f} | {q50:.0f} | {q99:.0f} | {late:.0f} |")
+            print(
+                "\nThe log's states fill their windows as it plays, so scoring costs more per "
+                "customer towards its end: the last third is the steadier state of a bank.\n"
+            )
+            what = "half the steady capacity measured just before each run"
+        else:
+            what = f"{rates[0]:,.0f} records/s, half the " + (
+                "given capacity" if args.capacity else "median capacity"
+            )
         print(
-            "| run | steady capacity (records/s) | rate (half) | p50 (ms) | p99 (ms) "
-            "| p99 of the last third (ms) |"
+            f"Produce-to-score latency at a steady rate ({what}), "
+            f"the median of {len(p99s)} runs by p99 ({len(latencies):,} scores): p50 {p50:.0f} ms, "
+            f"p99 {p99:.0f} ms (p99 of each run: {', '.join(f'{x:.0f}' for x in p99s)} ms).\n"
         )
-        print("|---|---|---|---|---|---|")
-        for i, (c, r, (lat, _)) in enumerate(zip(capacities, rates, lat_runs, strict=True), 1):
-            q50, q99 = np.percentile(lat, [50, 99])
-            late = np.percentile(lat[-len(lat) // 3 :], 99)  # by produce time: fuller states
-            print(f"| {i} | {c:,.0f} | {r:,.0f} | {q50:.0f} | {q99:.0f} | {late:.0f} |")
         print(
-            "\nThe log's states fill their windows as it plays, so scoring costs more per "
-            "customer towards its end: the last third is the steadier state of a bank.\n"
+            f"Event-to-alert latency on `manager.alerts` at the same rate (default policy, no "
+            f"group wait: alerts leave the worker at once), {len(alert_latencies):,} alerts: "
+            f"p50 {a50:.0f} ms, p99 {a99:.0f} ms.\n"
         )
-        what = "half the steady capacity measured just before each run"
-    else:
-        what = f"{rates[0]:,.0f} records/s, half the " + (
-            "given capacity" if args.capacity else "median capacity"
-        )
-    print(
-        f"Produce-to-score latency at a steady rate ({what}), "
-        f"the median of {len(p99s)} runs by p99 ({len(latencies):,} scores): p50 {p50:.0f} ms, "
-        f"p99 {p99:.0f} ms (p99 of each run: {', '.join(f'{x:.0f}' for x in p99s)} ms).\n"
-    )
-    print(
-        f"Event-to-alert latency on `manager.alerts` at the same rate (default policy, no "
-        f"group wait: alerts leave the worker at once), {len(alert_latencies):,} alerts: "
-        f"p50 {a50:.0f} ms, p99 {a99:.0f} ms.\n"
-    )
     print(
         f"Reason codes for 1,000 alerts (contributions + top-3 reasons in English and Chinese): "
         f"median **{statistics.median(explain_s):.2f} s** (runs: {', '.join(f'{x:.2f}' for x in explain_s)}).\n"
