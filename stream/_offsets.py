@@ -153,7 +153,10 @@ class OffsetGuard:
             high = consumer.highwater(tp)
             if read is None or high is None:
                 continue
-            end = int(read) + 1
+            # faust's read offset is the last record read, or, after a seek (as to the
+            # committed offset when a partition is assigned), the next one to read:
+            # no record exists at or beyond the high watermark to have been dropped
+            end = min(int(read) + 1, int(high))
             if end < int(high):
                 continue  # not read to its end: the next record delivered tells
             if end > exp:

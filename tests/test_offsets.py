@@ -123,6 +123,31 @@ def test_a_new_generation_expects_each_partition_from_its_committed_offset() -> 
     assert guard.observe(_events(TP("other", 0), range(50, 51))) == []
 
 
+def test_a_quiet_partition_read_to_its_end_has_a_tail_gap_only_if_records_were_dropped() -> None:
+    tp = TP(TOPIC, 0)
+    consumer = _Consumer({tp: 40})
+    quiet = SimpleNamespace(
+        flow_active=True,
+        _unacked_messages=set(),
+        _read_offset={tp: 49},
+        assignment=lambda: {tp},
+        highwater=lambda _tp: 50,
+    )
+    for name in ("_committed_offset", "_acked", "_acked_index", "_gap"):
+        setattr(quiet, name, getattr(consumer, name))
+    app = SimpleNamespace(consumer=quiet, consumer_generation_id=1)
+    guard = OffsetGuard(app, TOPIC, "unused:0", quiet_seconds=0.0)
+    # faust read to offset 49 (the last record), the worker saw up to 44: 45..49 dropped
+    guard.observe(_events(tp, range(40, 45)))
+    assert guard.tail_gaps() == [Gap(tp, 45, 50)]
+    # a partition taken over at its end: faust seeks it to the commit (50), and its
+    # read offset is then the next offset to read, not a record it read
+    app.consumer_generation_id = 2
+    consumer._committed_offset[tp] = 50
+    quiet._read_offset[tp] = 50
+    assert guard.tail_gaps() == []
+
+
 def test_records_before_the_groups_commit_are_not_read_again(broker: Broker) -> None:
     """faust's view of the commit can be behind the group's (a partition taken over
     from a worker that committed): the guard reads only from the group's commit on."""
