@@ -374,12 +374,21 @@ def dead_letter(reason: str, detail: str, raw: bytes, message: Any) -> bytes:
     )
 
 
+def _assigned(app: Any, topic: str) -> list[Any]:
+    """The partitions of ``topic`` assigned to this worker; none while the consumer is
+    not started or is mid-rebalance (its ``assignment()`` raises then)."""
+    try:
+        return [tp for tp in app.consumer.assignment() if tp.topic == topic]
+    except Exception:
+        return []
+
+
 def consumer_state(app: Any, topic: str) -> dict[str, Any]:
     """What faust's consumer believes about each source partition (for diagnosis):
     committed and read offsets, acknowledged offsets waiting for a commit, gaps,
     and whether the partition is being fetched; plus each agent's current stack."""
     consumer = app.consumer
-    assigned = sorted((tp for tp in consumer.assignment() if tp.topic == topic), key=lambda t: t[1])
+    assigned = sorted(_assigned(app, topic), key=lambda t: t[1])
     active = consumer._active_partitions or set()
     out: dict[str, Any] = {"partitions": {}, "flow_active": consumer.flow_active}
     for tp in assigned:
@@ -406,11 +415,7 @@ def consumer_lag(app: Any, topic: str) -> dict[tuple[str, int], int]:
     of the last fetch minus the next offset to read."""
     consumer = app.consumer
     out: dict[tuple[str, int], int] = {}
-    try:
-        assigned = [tp for tp in consumer.assignment() if tp.topic == topic]
-    except Exception:  # not started or mid-rebalance: nothing to say
-        return out
-    for tp in assigned:
+    for tp in _assigned(app, topic):
         high = consumer.highwater(tp)
         if high is None:
             continue
