@@ -686,6 +686,11 @@ _IN_BITS: Final = _bits("salary", "inflow_ext", "inflow_int", "interest")
 _OUT_BITS: Final = _bits("card", "outflow_ext", "outflow_int", "cash", "fee", "loan_repayment")
 
 
+def _unplanes(blob: bytes, k: int, n: int) -> npt.NDArray[np.int64]:
+    planes = np.frombuffer(blob, np.uint8, k * n * 8).reshape(k, 8, n).transpose(0, 2, 1)
+    return np.ascontiguousarray(planes).view("<i8").reshape(k, n).astype(np.int64)
+
+
 def _planes(columns: npt.NDArray[np.int64]) -> bytes:
     """Columns (k, n) as byte planes, little-endian: the first bytes of column 0, its
     second bytes, ... then column 1: the zero high bytes of small numbers line up."""
@@ -844,10 +849,13 @@ def aggregates_many(states: list[CustomerState], as_of_us: list[int]) -> npt.NDA
     carry = np.array(
         [np.nan if s.carry_balance is None else float(s.carry_balance) for s in states]
     )
+    _counted_and_summed(out, rows, g, age, states, as_of_us)
     sig_rows: dict[int, npt.NDArray[np.int64]] = {}
     in_window: dict[tuple[int, int], npt.NDArray[np.int64]] = {}
     held: list[tuple[list[int], list[int]]] | None = None
     for k, agg in enumerate(AGGREGATES):
+        if k in _SUMMED_AT:
+            continue
         window = getattr(agg, "window", None)
         stat = getattr(agg, "stat", None)
         if agg is AS_OF or agg.key == AS_OF.key:
@@ -882,9 +890,6 @@ def aggregates_many(states: list[CustomerState], as_of_us: list[int]) -> npt.NDA
         if sel is None:
             sel = in_window[i, window] = of_signal[age[of_signal] < window]
         gs = g[sel]
-        if stat == "count":
-            out[:, k] = np.bincount(gs, minlength=n)
-            continue
         if stat == "days":
             out[:, k] = _distinct_per_group(gs, day[sel], n)
             continue
@@ -894,10 +899,9 @@ def aggregates_many(states: list[CustomerState], as_of_us: list[int]) -> npt.NDA
         values = columns[_VALUE_COLUMN[SIGNALS[i].value]][sel]  # type: ignore[index]
         if stat == "distinct":
             out[:, k] = _distinct_per_group(gs, values, n)
-        elif stat in ("sum", "sumsq"):
+        elif stat == "sumsq":
             fv = values.astype(np.float64)
-            if stat == "sumsq":
-                fv = fv * fv
+            fv = fv * fv
             if np.abs(fv).sum() < _EXACT_FLOAT:
                 out[:, k] = np.bincount(gs, weights=fv, minlength=n)
             else:  # too large to sum exactly in floats: the exact per-state way
@@ -925,3 +929,86 @@ _LIFE_OF: Final = {
     for k, a in enumerate(AGGREGATES)
     if a is not AS_OF and a.window is None and a.stat in _LIFE_FIELD
 }
+
+
+# Windowed counts and sums: every (signal, window) of them at once. The records are
+# binned by (state, age band, signal mask), the bands cut at the windows' lengths; a
+# mask's bins count towards each signal it holds (a product with the masks' signal
+# table), and a window is the running total of its bands. Sums are exact below 2**53
+# as floats (each partial sum is an integer no larger than the absolute total); a cell
+# at or over that falls back to the state's own exact computation, as elsewhere here.
+_SUMMED: Final = [
+    (k, a.stat, _SIG_INDEX[a.signal], a.window)
+    for k, a in enumerate(AGGREGATES)
+    if a is not AS_OF and a.window is not None and a.stat in ("count", "sum")
+]
+_SUMMED_AT: Final = frozenset(k for k, *_ in _SUMMED)
+_PAIR_SIGNALS: Final = np.array(sorted({i for _, _, i, _ in _SUMMED}), np.int64)
+_PAIR_OF: Final = {int(i): j for j, i in enumerate(_PAIR_SIGNALS)}
+_BANDS: Final = np.array(sorted({w for *_, w in _SUMMED}), np.int64)
+_BAND_OF: Final = {int(w): b for b, w in enumerate(_BANDS)}
+# the record column each signal's value is in (signals without one: none)
+_PAIR_COLUMN: Final = [_VALUE_COLUMN[SIGNALS[i].value] for i in _PAIR_SIGNALS]
+_SUMMED_COLUMNS: Final = sorted({c for c in _PAIR_COLUMN if c is not None})
+
+
+def _members(table: npt.NDArray[np.int64]) -> list[npt.NDArray[np.float64]]:
+    """Which of the summed signals each mask of ``table`` holds, as (masks, signals) of
+    0/1: for counting, then for summing each value column in turn."""
+    held = ((table[:, None] >> _PAIR_SIGNALS) & 1).astype(np.float64)
+    return [held] + [held * [col == c for col in _PAIR_COLUMN] for c in _SUMMED_COLUMNS]
+
+
+_MASK_MEMBERS: Final = _members(_MASKS)
+
+
+def _counted_and_summed(
+    out: npt.NDArray[np.float64],
+    rows: npt.NDArray[np.int64],
+    g: npt.NDArray[np.int64],
+    age: npt.NDArray[np.int64],
+    states: list[CustomerState],
+    as_of_us: list[int],
+) -> None:
+    """Fill the windowed ``count`` and ``sum`` columns of :func:`aggregates_many`."""
+    n, n_bands = out.shape[0], _BANDS.size + 1
+    mask = rows[:, _MASK]
+    code = np.searchsorted(_MASKS, mask)
+    if (code < _MASKS.size).all() and (_MASKS[np.minimum(code, _MASKS.size - 1)] == mask).all():
+        members = _MASK_MEMBERS
+    else:  # a mask outside the table: a table of the batch's own
+        table, code = np.unique(mask, return_inverse=True)
+        members = _members(table)
+    n_masks = members[0].shape[0]
+    key = (g * n_bands + np.searchsorted(_BANDS, age, side="right")) * n_masks + code
+    size = n * n_bands * n_masks
+
+    def per_window(weights: npt.NDArray[np.float64] | None, of: npt.NDArray[np.float64]) -> Any:
+        """(state, window, signal) totals: the bands' running totals, per signal."""
+        binned = np.bincount(key, weights=weights, minlength=size).reshape(-1, n_masks)
+        bands = (binned @ of).reshape(n, n_bands, -1)
+        total = np.empty((n, n_bands - 1, bands.shape[2]))
+        total[:, 0] = bands[:, 0]
+        for b in range(1, n_bands - 1):  # the last band is older than every window
+            np.add(total[:, b - 1], bands[:, b], out=total[:, b])
+        return total
+
+    counts = per_window(None, members[0])
+    sums = np.zeros_like(counts)
+    mags = np.zeros_like(counts)
+    for c, of in zip(_SUMMED_COLUMNS, members[1:], strict=True):
+        values = rows[:, c].astype(np.float64)
+        sums += per_window(values, of)
+        mags += per_window(np.abs(values), of)
+    for k, stat, i, window in _SUMMED:
+        j, b = _PAIR_OF[i], _BAND_OF[window]
+        if stat == "count":
+            out[:, k] = counts[:, b, j]
+            continue
+        out[:, k] = sums[:, b, j]
+        for row in np.flatnonzero(mags[:, b, j] >= _EXACT_FLOAT):
+            # too large to sum exactly in floats: the exact per-state way
+            state, t = states[row], as_of_us[row]
+            cols = state._columns()
+            day = t // DAY_US
+            out[row, k] = state._one(AGGREGATES[k], cols, day - cols["day"], t, day)
