@@ -29,7 +29,7 @@ from features._mapping import ImportMapping, load_mapping
 from features._offline import clean_log, offline_aggregates, offline_features, scan_log
 from features._parallel import ordered_map
 from features._parity import ParityReport, check_parity
-from features._state import STATE_VERSION, CustomerState, event_hash, to_us
+from features._state import STATE_VERSION, CustomerState, event_hash, to_bytes_many, to_us
 from features._trainset import TrainingSet, build_training_set, snapshot_dates
 from features.errors import (
     ChurnEngineError,
@@ -81,6 +81,7 @@ __all__ = [
     "row_ids",
     "scan_log",
     "snapshot_dates",
+    "to_bytes_many",
     "to_us",
     "trailing_value",
 ]

@@ -46,7 +46,7 @@ import itertools
 import threading
 import zlib
 from array import array
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from datetime import UTC, datetime, timezone, tzinfo
 from operator import attrgetter
 from types import SimpleNamespace
@@ -558,22 +558,25 @@ class CustomerState:
     def to_bytes(self) -> bytes:
         """Compact, versioned serialisation: a version byte, then zstd(msgpack); no pickle.
 
-        Records are stored column by column (see :func:`_pack_records`); every other
+        Records are stored column by column (see :func:`_pack_many`); every other
         time is written as the index of a record with that time, or as its distance
-        to the newest event (see :class:`_Times`).
+        to the newest event (see :class:`_Times`). :func:`to_bytes_many` writes many
+        states at once, the same bytes.
         """
-        matrix = self.matrix()
-        times = _Times(matrix[:, _T].tolist())
+        return to_bytes_many([self])[0]
+
+    def _body(self, times: _Times, n: int, records: bytes, palette: list[int]) -> bytes:
         life = []
         for i in sorted(self.life):
             rec = self.life[i]
             life.append(i)
             life += [times.put(rec[f]) if f in _LIFE_TIMES else rec[f] for f in _LIFE[i]]
-        body = _ENCODER.encode(
+        return _ENCODER.encode(
             (
                 self.customer_id,
-                len(self.records),
-                *_pack_records(matrix),
+                n,
+                records,
+                palette,
                 life,
                 self.carry_balance,
                 [(k, times.put(t), c, p) for k, (t, c, p) in sorted(self.products.items())],
@@ -583,8 +586,6 @@ class CustomerState:
                 sorted(self.closed_complaints),
             )
         )
-        # zstd level 1: a quarter of zlib level 1's time, and smaller
-        return bytes([STATE_VERSION]) + _zstd().compress(body)
 
     @classmethod
     def from_bytes(cls, data: bytes) -> CustomerState:
@@ -691,24 +692,6 @@ def _unplanes(blob: bytes, k: int, n: int) -> npt.NDArray[np.int64]:
     return np.ascontiguousarray(planes).view("<i8").reshape(k, n).astype(np.int64)
 
 
-def _planes(columns: npt.NDArray[np.int64]) -> bytes:
-    """Columns (k, n) as byte planes, little-endian: the first bytes of column 0, its
-    second bytes, ... then column 1: the zero high bytes of small numbers line up."""
-    k, n = columns.shape
-    return (
-        np.ascontiguousarray(columns, "<i8")
-        .view(np.uint8)
-        .reshape(k, n, 8)
-        .transpose(0, 2, 1)
-        .tobytes()
-    )
-
-
-def _unplanes(blob: bytes, k: int, n: int) -> npt.NDArray[np.int64]:
-    planes = np.frombuffer(blob, np.uint8, k * n * 8).reshape(k, 8, n).transpose(0, 2, 1)
-    return np.ascontiguousarray(planes).view("<i8").reshape(k, n).astype(np.int64)
-
-
 def _diff(x: npt.NDArray[np.int64]) -> npt.NDArray[np.int64]:
     """``np.diff(x, prepend=0)``, without its generality's cost (a third of packing)."""
     out = np.empty_like(x)
@@ -725,39 +708,77 @@ def _unzigzag(z: npt.NDArray[np.int64]) -> npt.NDArray[np.int64]:
     return (z >> 1) ^ -(z & 1)
 
 
-def _pack_records(arr: npt.NDArray[np.int64]) -> tuple[bytes, list[int]]:
-    """Records as columns, lossless and small: (bytes, palette of signal masks).
+def to_bytes_many(states: Sequence[CustomerState]) -> list[bytes]:
+    """The bytes of each state (:meth:`CustomerState.to_bytes`), their records packed
+    all together: what the write-behind flush of many states needs."""
+    lengths = [len(s.records) for s in states]
+    rows = np.frombuffer(b"".join([s._flat.tobytes() for s in states]), np.int64).reshape(-1, 6)
+    times = rows[:, _T].tolist()
+    compress = _zstd().compress
+    out = []
+    end = 0
+    for state, n, (records, palette) in zip(
+        states, lengths, _pack_many(rows, lengths), strict=True
+    ):
+        start, end = end, end + n
+        body = state._body(_Times(times[start:end]), n, records, palette)
+        # zstd level 1: a quarter of zlib level 1's time, and smaller
+        out.append(bytes([STATE_VERSION]) + compress(body))
+    return out
 
-    Times as differences (from the previous record: never negative); the balance as
-    the difference from the previous balance minus the signed amount (zero for a
-    well-behaved ledger), zigzag-encoded; all split into byte planes (little-endian)
-    so that the compressor finds the zero bytes. The signal masks are codes into the
-    table of the masks a valid event can have (or, should one be missing there, into
-    a palette of their own).
+
+def _pack_many(rows: npt.NDArray[np.int64], lengths: list[int]) -> list[tuple[bytes, list[int]]]:
+    """The records of several states, each state's lossless and small: (bytes, palette
+    of signal masks) per state; ``rows`` are the states' records one after another,
+    ``lengths`` how many each has.
+
+    Times as differences (from the state's previous record: never negative); the
+    balance as the difference from the previous balance minus the signed amount (zero
+    for a well-behaved ledger), zigzag-encoded; all split into byte planes
+    (little-endian) so that the compressor finds the zero bytes. The signal masks are
+    codes into the table of the masks a valid event can have (or, should one of a
+    state's be missing there, into a palette of the state's own).
     """
-    n = arr.shape[0]
-    if n == 0:
-        return b"", []
-    t, bal, mask, value = arr[:, _T], arr[:, _BAL], arr[:, _MASK], arr[:, _VALUE]
+    total = rows.shape[0]
+    if total == 0:
+        return [(b"", [])] * len(lengths)
+    sizes = np.asarray(lengths, np.int64)
+    starts = np.cumsum(sizes) - sizes
+    owner = np.repeat(np.arange(sizes.size), sizes)
+    first = starts[sizes > 0]  # each state's first record: its differences start from 0
+    t, bal, mask, value = rows[:, _T], rows[:, _BAL], rows[:, _MASK], rows[:, _VALUE]
     money = (mask & _BALANCE_BIT) != 0
-    idx = np.where(money, np.arange(n), -1)
-    last_money = np.maximum.accumulate(idx)
+    position = np.arange(total)
+    last_money = np.maximum.accumulate(np.where(money, position, -1))
+    last_money = np.where(last_money >= starts[owner], last_money, -1)  # not a state before
     carried = np.where(last_money >= 0, bal[np.maximum(last_money, 0)], 0)
     step = _diff(carried)
+    step[first] = carried[first]
     sign = np.where(mask & _IN_BITS, 1, np.where(mask & _OUT_BITS, -1, 0))
     index = np.searchsorted(_MASKS, mask)
-    if (index < _MASKS.size).all() and (_MASKS[np.minimum(index, _MASKS.size - 1)] == mask).all():
-        palette: npt.NDArray[np.int64] = np.zeros(0, np.int64)  # codes into _MASKS
-    else:
-        palette, index = np.unique(mask, return_inverse=True)
-    columns = np.empty((6, n), np.int64)
+    known = (index < _MASKS.size) & (_MASKS[np.minimum(index, _MASKS.size - 1)] == mask)
+    columns = np.empty((6, total), np.int64)
     columns[0] = _diff(t)
+    columns[0, first] = t[first]
     columns[1] = _zigzag(np.where(money, step - sign * value, 0))
-    columns[2] = arr[:, _HASH]
+    columns[2] = rows[:, _HASH]
     columns[3] = value
-    columns[4] = arr[:, _AUX]
+    columns[4] = rows[:, _AUX]
     columns[5] = index
-    return _planes(columns), palette.tolist()
+    palettes: dict[int, list[int]] = {}
+    for j in [] if known.all() else np.unique(owner[~known]).tolist():  # a mask not in the table
+        lo, hi = starts[j], starts[j] + sizes[j]
+        palette, columns[5, lo:hi] = np.unique(mask[lo:hi], return_inverse=True)
+        palettes[j] = palette.tolist()
+    # byte planes: for each state, the first bytes of its column 0, their second
+    # bytes, ... then column 1 (the zero high bytes of small numbers line up)
+    planes = np.ascontiguousarray(
+        np.ascontiguousarray(columns, "<i8").view(np.uint8).reshape(6, total, 8).transpose(0, 2, 1)
+    )
+    return [
+        (planes[:, :, lo : lo + n].tobytes(), palettes.get(j, []))
+        for j, (lo, n) in enumerate(zip(starts.tolist(), lengths, strict=True))
+    ]
 
 
 def _unpack_records(blob: bytes, n: int, palette: list[int]) -> tuple[list[Record], array[int]]:

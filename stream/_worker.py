@@ -45,7 +45,7 @@ from typing import Any
 import numpy as np
 import orjson
 
-from features import CustomerState, InvalidEventError
+from features import CustomerState, InvalidEventError, to_bytes_many
 from features.events import ManagerReassigned, decode
 from monitoring import (
     CONTENT_TYPE,
@@ -539,8 +539,9 @@ def build_app(cfg: WorkerConfig, policy: RulePolicy | None = None) -> tuple[Any,
     async def write_states(items: Iterable[tuple[bytes, tuple[CustomerState, Any]]]) -> list[int]:
         """Serialise and write states (each in its event's partition); their sizes."""
         sizes = []
-        for key, (state, ev) in items:
-            blob = state.to_bytes()
+        items = list(items)
+        blobs = to_bytes_many([state for _key, (state, _ev) in items])
+        for (key, (state, ev)), blob in zip(items, blobs, strict=True):
             await store(table, key, blob, ev)
             runtime.remember(key, blob, state)
             sizes.append(len(blob))
