@@ -362,6 +362,81 @@ def test_finalize_is_vectorised_and_matches_row_by_row(tmp_path: Path) -> None:
             assert _same(values, together[name][i : i + 1]).all()
 
 
+def test_features_of_a_hand_written_history_are_their_formulas_worked_by_hand() -> None:
+    """A few formulas of every kind (count, ratio, trend, days since, mean, sample
+    standard deviation, relative change, monthly rate, flag), worked out here by hand:
+    the parity tests compare online with offline, which share ``finalize``."""
+
+    def at(day: int, hour: int = 9) -> datetime:
+        return BASE + timedelta(days=day, hours=hour)
+
+    n = iter(range(100))
+    cid = "C1"
+
+    def ev(kind: str, when: datetime, **fields: Any) -> Event:
+        return EVENT_TYPES[kind](
+            event_id=f"E{next(n)}", customer_id=cid, occurred_at=when, **fields
+        )
+
+    def card(day: int, amount: int, balance: int) -> Event:
+        return ev(
+            "card_payment",
+            at(day),
+            amount_minor=amount,
+            balance_minor=balance,
+            currency="CNY",
+            merchant_category="groceries",
+            channel="pos",
+        )
+
+    history = [
+        ev("customer_onboarded", BASE, segment="affluent", branch_id="B1", manager_id="M1"),
+        ev("product_opened", at(0), product_id="P1", product_type="card"),
+        *(ev("digital_login", at(d), channel="mobile") for d in (20, 50, 80, 95, 99)),
+        card(5, 500, -10_000),  # overdrawn
+        card(30, 1_000, 50_000),
+        card(70, 3_000, 47_000),
+        ev(
+            "salary_credited",
+            at(75),
+            amount_minor=20_000,
+            balance_minor=67_000,
+            currency="CNY",
+            employer_id="EMP1",
+        ),
+        card(90, 2_000, 65_000),
+    ]
+    as_of = at(100, 12)  # day 100 at noon: ages in days 80, 50, 20, 5 and 1 for the logins
+    f = CustomerState.fold(cid, history).features(as_of)
+    logins_30d, logins_90d = 3, 5  # days 80, 95, 99; and all five
+    spend = [1_000, 3_000, 2_000]
+    mean = sum(spend) / 3
+    expected = {
+        "logins_7d": 2,
+        "logins_30d": logins_30d,
+        "logins_90d": logins_90d,
+        "login_trend": logins_30d / (logins_90d * 30 / 90),
+        "days_since_login": 1 + 3 / 24,  # day 99 at 09:00
+        "card_count_30d": 1,  # day 90 (day 70 is 30 days old: outside)
+        "card_spend_90d": 6_000,  # not day 5's: 95 days old
+        "card_spend_180d": 6_500,
+        "card_avg_ticket_90d": mean,
+        "card_ticket_std_90d": (sum((x - mean) ** 2 for x in spend) / 2) ** 0.5,
+        "balance": 65_000,
+        # the window's first day is day 71: the balance at its start is day 70's
+        "balance_change_30d": (65_000 - 47_000) / 47_000,
+        # from an overdraft (day 5, before day 11): the change is against its size
+        "balance_change_90d": (65_000 - -10_000) / 10_000,
+        "salary_monthly_180d": 20_000 / 6,
+        "tenure_days": 100.5,
+        "has_card": 1,
+        "has_loan": 0,
+        "open_products": 1,
+    }
+    for name, value in expected.items():
+        assert f[name] == pytest.approx(value, rel=1e-12), name
+
+
 def test_a_hash_collision_is_not_taken_for_a_duplicate() -> None:
     by_hash: dict[int, str] = {}
     pair: tuple[str, str] | None = None
