@@ -782,7 +782,7 @@ def _pack_many(rows: npt.NDArray[np.int64], lengths: list[int]) -> list[tuple[by
 
 
 def _unpack_records(blob: bytes, n: int, palette: list[int]) -> tuple[list[Record], array[int]]:
-    """The records of :func:`_pack_records`, as a list and flat (``CustomerState._flat``)."""
+    """One state's records of :func:`_pack_many`, as a list and flat (``CustomerState._flat``)."""
     if n == 0:
         return [], array("q")
     table = np.asarray(palette, np.int64) if palette else _MASKS
