@@ -472,6 +472,13 @@ class CustomerState:
             out[k] = self._one(agg, cols, age, as_of_us, as_of_day)
         return out
 
+    def _exact(self, agg: Any, as_of_us: int) -> float:
+        """One aggregate at ``as_of_us``, the state's own (exact) way: where the
+        many-state computation could lose exactness."""
+        cols = self._columns()
+        day = as_of_us // DAY_US
+        return self._one(agg, cols, day - cols["day"], as_of_us, day)
+
     def _one(
         self,
         agg: Any,
@@ -708,6 +715,13 @@ def _unzigzag(z: npt.NDArray[np.int64]) -> npt.NDArray[np.int64]:
     return (z >> 1) ^ -(z & 1)
 
 
+def _mask_codes(mask: npt.NDArray[np.int64]) -> tuple[npt.NDArray[np.int64], Any]:
+    """Each signal mask's code in the table of the masks a valid event can have, and
+    whether it is there at all (where it is not, the code means nothing)."""
+    code = np.searchsorted(_MASKS, mask)
+    return code, (code < _MASKS.size) & (_MASKS[np.minimum(code, _MASKS.size - 1)] == mask)
+
+
 def to_bytes_many(states: Sequence[CustomerState]) -> list[bytes]:
     """The bytes of each state (:meth:`CustomerState.to_bytes`), their records packed
     all together: what the write-behind flush of many states needs."""
@@ -755,8 +769,7 @@ def _pack_many(rows: npt.NDArray[np.int64], lengths: list[int]) -> list[tuple[by
     step = _diff(carried)
     step[first] = carried[first]
     sign = np.where(mask & _IN_BITS, 1, np.where(mask & _OUT_BITS, -1, 0))
-    index = np.searchsorted(_MASKS, mask)
-    known = (index < _MASKS.size) & (_MASKS[np.minimum(index, _MASKS.size - 1)] == mask)
+    index, known = _mask_codes(mask)
     columns = np.empty((6, total), np.int64)
     columns[0] = _diff(t)
     columns[0, first] = t[first]
@@ -926,9 +939,7 @@ def aggregates_many(states: list[CustomerState], as_of_us: list[int]) -> npt.NDA
             if np.abs(fv).sum() < _EXACT_FLOAT:
                 out[:, k] = np.bincount(gs, weights=fv, minlength=n)
             else:  # too large to sum exactly in floats: the exact per-state way
-                for r, (s, t) in enumerate(zip(states, as_of_us, strict=True)):
-                    cols = s._columns()
-                    out[r, k] = s._one(agg, cols, t // DAY_US - cols["day"], t, t // DAY_US)
+                out[:, k] = [s._exact(agg, t) for s, t in zip(states, as_of_us, strict=True)]
         elif stat in ("min", "max"):
             fill = np.inf if stat == "min" else -np.inf
             acc = np.full(n, fill)
@@ -964,20 +975,20 @@ _SUMMED: Final = [
     if a is not AS_OF and a.window is not None and a.stat in ("count", "sum")
 ]
 _SUMMED_AT: Final = frozenset(k for k, *_ in _SUMMED)
-_PAIR_SIGNALS: Final = np.array(sorted({i for _, _, i, _ in _SUMMED}), np.int64)
-_PAIR_OF: Final = {int(i): j for j, i in enumerate(_PAIR_SIGNALS)}
+_SUMMED_SIGNALS: Final = np.array(sorted({i for _, _, i, _ in _SUMMED}), np.int64)
+_SIGNAL_AT: Final = {int(i): j for j, i in enumerate(_SUMMED_SIGNALS)}
 _BANDS: Final = np.array(sorted({w for *_, w in _SUMMED}), np.int64)
 _BAND_OF: Final = {int(w): b for b, w in enumerate(_BANDS)}
 # the record column each signal's value is in (signals without one: none)
-_PAIR_COLUMN: Final = [_VALUE_COLUMN[SIGNALS[i].value] for i in _PAIR_SIGNALS]
-_SUMMED_COLUMNS: Final = sorted({c for c in _PAIR_COLUMN if c is not None})
+_SUMMED_VALUE_COLUMN: Final = [_VALUE_COLUMN[SIGNALS[i].value] for i in _SUMMED_SIGNALS]
+_SUMMED_COLUMNS: Final = sorted({c for c in _SUMMED_VALUE_COLUMN if c is not None})
 
 
 def _members(table: npt.NDArray[np.int64]) -> list[npt.NDArray[np.float64]]:
     """Which of the summed signals each mask of ``table`` holds, as (masks, signals) of
     0/1: for counting, then for summing each value column in turn."""
-    held = ((table[:, None] >> _PAIR_SIGNALS) & 1).astype(np.float64)
-    return [held] + [held * [col == c for col in _PAIR_COLUMN] for c in _SUMMED_COLUMNS]
+    held = ((table[:, None] >> _SUMMED_SIGNALS) & 1).astype(np.float64)
+    return [held] + [held * [col == c for col in _SUMMED_VALUE_COLUMN] for c in _SUMMED_COLUMNS]
 
 
 _MASK_MEMBERS: Final = _members(_MASKS)
@@ -994,8 +1005,8 @@ def _counted_and_summed(
     """Fill the windowed ``count`` and ``sum`` columns of :func:`aggregates_many`."""
     n, n_bands = out.shape[0], _BANDS.size + 1
     mask = rows[:, _MASK]
-    code = np.searchsorted(_MASKS, mask)
-    if (code < _MASKS.size).all() and (_MASKS[np.minimum(code, _MASKS.size - 1)] == mask).all():
+    code, known = _mask_codes(mask)
+    if known.all():
         members = _MASK_MEMBERS
     else:  # a mask outside the table: a table of the batch's own
         table, code = np.unique(mask, return_inverse=True)
@@ -1016,20 +1027,19 @@ def _counted_and_summed(
 
     counts = per_window(None, members[0])
     sums = np.zeros_like(counts)
-    mags = np.zeros_like(counts)
+    mags = np.zeros_like(counts)  # stays 0 where no cell can reach 2**53
     for c, of in zip(_SUMMED_COLUMNS, members[1:], strict=True):
         values = rows[:, c].astype(np.float64)
         sums += per_window(values, of)
-        mags += per_window(np.abs(values), of)
+        magnitudes = np.abs(values)
+        if magnitudes.sum() >= _EXACT_FLOAT:  # the whole batch's: then find the cells
+            mags += per_window(magnitudes, of)
     for k, stat, i, window in _SUMMED:
-        j, b = _PAIR_OF[i], _BAND_OF[window]
+        j, b = _SIGNAL_AT[i], _BAND_OF[window]
         if stat == "count":
             out[:, k] = counts[:, b, j]
             continue
         out[:, k] = sums[:, b, j]
         for row in np.flatnonzero(mags[:, b, j] >= _EXACT_FLOAT):
             # too large to sum exactly in floats: the exact per-state way
-            state, t = states[row], as_of_us[row]
-            cols = state._columns()
-            day = t // DAY_US
-            out[row, k] = state._one(AGGREGATES[k], cols, day - cols["day"], t, day)
+            out[row, k] = states[row]._exact(AGGREGATES[k], as_of_us[row])
