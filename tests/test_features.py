@@ -67,15 +67,18 @@ def _value(draw: Any, name: str, t: msgspec.inspect.Type) -> object:
 
 
 @st.composite
-def histories(draw: Any) -> list[tuple[Event, datetime]]:
-    """Events of two customers with their delivery times: duplicates, late and out of order."""
-    n = draw(st.integers(1, 45))
+def histories(
+    draw: Any, days: int = 420, kinds: tuple[str, ...] | None = None, most: int = 45
+) -> list[tuple[Event, datetime]]:
+    """Events of two customers with their delivery times: duplicates, late and out of
+    order; over ``days`` days, of the event types ``kinds`` (default: all)."""
+    n = draw(st.integers(1, most))
     out: list[tuple[Event, datetime]] = []
     for i in range(n):
-        kind = draw(st.sampled_from(sorted(EVENT_TYPES)))
+        kind = draw(st.sampled_from(kinds or sorted(EVENT_TYPES)))
         cls = EVENT_TYPES[kind]
         when = BASE + timedelta(
-            seconds=draw(st.integers(0, 420 * 86_400)), microseconds=draw(st.integers(0, 999_999))
+            seconds=draw(st.integers(0, days * 86_400)), microseconds=draw(st.integers(0, 999_999))
         )
         body: dict[str, object] = {
             "event_id": f"E{i}",
@@ -171,6 +174,29 @@ def test_many_states_at_once_equal_one_at_a_time(
     as_of = [(s.max_t or to_us(BASE)) + d for s, d in zip(states, [*later, 0], strict=True)]
     many = aggregates_many(states, as_of)
     for row, state, t in zip(many, states, as_of, strict=True):
+        assert _identical(row, state.aggregates(t))
+
+
+# many events of a few kinds within months: repeated days, months and card categories
+# inside the windows, which the distinct counts must not count twice
+DENSE = histories(
+    days=120,
+    kinds=("card_payment", "digital_login", "salary_credited", "transfer_out", "fee_charged"),
+    most=80,
+)
+
+
+@settings(max_examples=60, deadline=None)
+@given(DENSE, st.lists(st.integers(0, 100 * 86_400_000_000), min_size=2, max_size=2))
+def test_many_dense_states_at_once_equal_one_at_a_time(
+    history: list[tuple[Event, datetime]], later: list[int]
+) -> None:
+    states = []
+    for cid in ("C1", "C2"):
+        mine = sorted((h for h in history if h[0].customer_id == cid), key=lambda x: x[1])
+        states.append(CustomerState.fold(cid, (e for e, _ in mine)))
+    as_of = [(s.max_t or to_us(BASE)) + d for s, d in zip(states, later, strict=True)]
+    for row, state, t in zip(aggregates_many(states, as_of), states, as_of, strict=True):
         assert _identical(row, state.aggregates(t))
 
 
