@@ -11,7 +11,6 @@ import logging
 import math
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from typing import Any, Protocol
 
 import numpy as np
@@ -20,7 +19,7 @@ import numpy.typing as npt
 from features import AGG_KEYS, CustomerState, feature_fingerprint, finalize
 from features._state import aggregates_many
 from features.errors import ModelNotFoundError
-from serving._scores import Score, lifecycle_stages, loyalty_scores, value_tier
+from serving._scores import Score, lifecycle_stages, loyalty_scores, value_tiers
 
 __all__ = [
     "Bundle",
@@ -101,8 +100,11 @@ def feature_matrix(states: Sequence[CustomerState]) -> dict[str, Array]:
     return finalize(dict(zip(AGG_KEYS, aggs.T, strict=True)))
 
 
-def _iso(t_us: int) -> str:
-    return datetime.fromtimestamp(t_us / 1e6, tz=UTC).isoformat()
+def _iso_many(t_us: npt.NDArray[np.int64]) -> list[str]:
+    """``datetime.isoformat()`` of each time (µs, UTC), as the scores carry it: no
+    fraction on a whole second."""
+    text = np.datetime_as_string(t_us.astype("datetime64[us]"), unit="us").tolist()
+    return [(t[:-7] if t.endswith(".000000") else t) + "+00:00" for t in text]
 
 
 class FeatureRow(Mapping[str, float]):
@@ -151,21 +153,22 @@ def score_batch(model: LiveModel, states: Sequence[CustomerState]) -> ScoredBatc
     feats = feature_matrix(states)
     x = np.column_stack([feats[name] for name in model.bundle.features])
     churn, value = model.bundle.predict(x)
-    edges = model.tier_edges
     out = []
     index = {name: j for j, name in enumerate(feats)}
     rows = np.column_stack(list(feats.values())).tolist()  # float64 (finalize)
     loyalty = loyalty_scores(feats, len(states))
     stages = lifecycle_stages(feats, len(states))
+    as_of = _iso_many(t_us)
+    tiers = value_tiers(value, model.tier_edges)
     for i, state in enumerate(states):
         out.append(
             (
                 Score(
                     customer_id=state.customer_id,
-                    as_of=_iso(int(t_us[i])),
+                    as_of=as_of[i],
                     churn_probability=float(churn[i]),
                     predicted_value_minor=float(value[i]),
-                    value_tier=value_tier(float(value[i]), edges),
+                    value_tier=tiers[i],
                     loyalty_score=loyalty[i],
                     lifecycle_stage=stages[i],
                     model_version=model.version,

@@ -42,6 +42,7 @@ __all__ = [
     "loyalty_score",
     "loyalty_scores",
     "value_tier",
+    "value_tiers",
 ]
 
 VALUE_TIERS: Final = ("platinum", "gold", "silver", "bronze")
@@ -80,6 +81,19 @@ def value_tier(value: float, edges: Sequence[float]) -> str:
         if value >= edge:
             return name
     return VALUE_TIERS[-1]
+
+
+def value_tiers(values: npt.ArrayLike, edges: Sequence[float]) -> list[str]:
+    """:func:`value_tier` of each value (a micro-batch's at once).
+
+    >>> value_tiers([500.0, 50.0, float("nan")], [1000.0, 400.0, 100.0])
+    ['gold', 'bronze', 'bronze']
+    """
+    reached = np.asarray(values, np.float64)[:, None] >= np.asarray(
+        edges[: len(VALUE_TIERS)], np.float64
+    )
+    first = np.where(reached.any(axis=1), reached.argmax(axis=1), len(VALUE_TIERS) - 1)
+    return [VALUE_TIERS[i] for i in first.tolist()]
 
 
 def loyalty_score(f: Mapping[str, float]) -> float:

@@ -1,13 +1,23 @@
-"""Loyalty and lifecycle stage of a micro-batch at once equal the per-score functions."""
+"""Loyalty, lifecycle stage, value tier and as-of of a micro-batch at once equal the
+per-score functions."""
 
 from __future__ import annotations
 
 import math
+from datetime import UTC, datetime
 
 import numpy as np
 import pytest
 
-from serving._scores import lifecycle_stage, lifecycle_stages, loyalty_score, loyalty_scores
+from serving._model import _iso_many
+from serving._scores import (
+    lifecycle_stage,
+    lifecycle_stages,
+    loyalty_score,
+    loyalty_scores,
+    value_tier,
+    value_tiers,
+)
 
 COLUMNS = (
     "tenure_days",
@@ -62,3 +72,29 @@ def test_batch_equals_each_row(missing: str | None) -> None:
     assert set(stages) == reachable
     assert min(loyalty) == 0.0
     assert max(loyalty) > 60.0
+
+
+@pytest.mark.parametrize(
+    "edges",
+    [
+        [1000.0, 400.0, 100.0],
+        [100.0, 400.0, 1000.0],  # out of order: the first one reached still wins
+        [math.inf, math.inf, math.inf],  # a model without edges
+        [500.0],  # fewer edges than tiers
+        [900.0, 600.0, 300.0, 100.0],  # more
+    ],
+)
+def test_tiers_of_a_batch_equal_each_value_s(edges: list[float]) -> None:
+    rng = np.random.default_rng(len(edges))
+    values = rng.uniform(-50, 1200, 400).round(rng.integers(0, 2))
+    values[:40] = rng.choice([*edges, math.nan, math.inf, -math.inf, 0.0], 40)
+    assert value_tiers(values, edges) == [value_tier(float(v), edges) for v in values]
+
+
+def test_as_of_of_a_batch_is_each_time_s_isoformat() -> None:
+    rng = np.random.default_rng(7)
+    t = rng.integers(-(10**15), 4 * 10**15, 500)
+    t[:100] -= t[:100] % 1_000_000  # whole seconds: isoformat writes no fraction
+    t[100:110] = [0, -1, 1, 999_999, -1_000_000, 10**15, 1, 2, 3, 4]
+    # as each score's was written: datetime.fromtimestamp(t_us / 1e6, tz=UTC).isoformat()
+    assert _iso_many(t) == [datetime.fromtimestamp(x / 1e6, tz=UTC).isoformat() for x in t.tolist()]
