@@ -94,6 +94,29 @@ def test_the_window_counts_values_into_the_reference_bins_and_measures_them() ->
     assert w.counts()[w.columns.index("x")][-1] == 10
 
 
+def test_each_value_goes_to_the_bin_its_column_s_edges_give_it() -> None:
+    rng = np.random.default_rng(11)
+    reference = {
+        "many": reference_distribution(rng.normal(0, 1, 5_000)),
+        "few": reference_distribution(np.repeat([0.0, 1.0, 2.0], 100)),
+        "wide": reference_distribution(rng.lognormal(8, 2, 5_000)),
+    }
+    w = DriftWindow(reference, window_days=7)
+    values = {}
+    for name, ref in reference.items():
+        edges = np.asarray(ref["edges"])
+        x = rng.choice(np.concatenate([edges, rng.normal(0, 3, 50), edges * 10]), 600)
+        infinite = -np.inf if name == "wide" else np.inf  # (both in one sum: NaN)
+        x[:30] = rng.choice([np.nan, infinite, 0.0, -0.0], 30)
+        values[name] = x
+    w.add(np.full(600, 3 * DAY_US), values)
+    for j, name in enumerate(w.columns):
+        x, edges = values[name], np.asarray(reference[name]["edges"])
+        bins = np.where(np.isnan(x), edges.size + 1, np.searchsorted(edges, x, side="left"))
+        assert w.counts()[j].tolist() == np.bincount(bins, minlength=w.width).tolist()
+        assert w._buckets[3][1][j] == np.where(np.isnan(x), 0.0, x).sum()
+
+
 def test_old_buckets_leave_the_window_and_late_values_are_counted_not_kept() -> None:
     reference = {"x": reference_distribution(np.arange(100.0))}
     w = DriftWindow(reference, window_days=3)
