@@ -26,6 +26,7 @@ Errors in the file name the field and what is allowed::
 
 from __future__ import annotations
 
+import bisect
 import math
 import re
 from collections.abc import Mapping, Sequence
@@ -351,7 +352,8 @@ def load_policy(path: Path | None) -> PolicyConfig:
 class AlertMemory(msgspec.Struct, array_like=True):
     """What the rules remember about one customer (small; JSON on the wire)."""
 
-    recent: list[tuple[int, float]] = msgspec.field(default_factory=list)  # (t_us, p)
+    # (t_us, p), oldest first: each score appends its own, as new as any before it
+    recent: list[tuple[int, float]] = msgspec.field(default_factory=list)
     stage: str | None = None
     fired: dict[str, int] = msgspec.field(default_factory=dict)  # rule -> t_us
     last_t: int = 0
@@ -378,6 +380,15 @@ class Hit:
 
 
 _RANK: Final = {s: i for i, s in enumerate(SEVERITIES)}
+
+
+def _since(recent: list[tuple[int, float]], t: int) -> list[tuple[int, float]]:
+    """The scores of ``recent`` (oldest first) at ``t`` or later."""
+    return recent[bisect.bisect_left(recent, t, key=_time_of) :]
+
+
+def _time_of(entry: tuple[int, float]) -> int:
+    return entry[0]
 
 
 def _t_us(iso: str) -> int:
@@ -429,7 +440,7 @@ def evaluate_rules(
     p = score.churn_probability
     jump_us, by_name = _plan_of(policy)
     horizon = t - jump_us
-    recent = [(tt, pp) for tt, pp in memory.recent if tt >= horizon]
+    recent = _since(memory.recent, horizon)
     candidates: list[Hit] = []
     for rule in policy.rules:
         hit = _fires(rule, score, features, recent, memory.stage, t, segment)
@@ -483,7 +494,7 @@ def _fires(
         return f"churn probability {p:.0%} >= {limit:.0%}" if p >= limit else None
     if isinstance(rule, RiskJumpRule):
         since = t - int(rule.within.total_seconds() * 1e6)
-        low = min((pp for tt, pp in recent if tt >= since), default=None)
+        low = min((pp for _, pp in _since(recent, since)), default=None)
         if low is not None and p - low >= rule.jump:
             return f"churn probability up from {low:.0%} to {p:.0%}"
         return None

@@ -170,6 +170,21 @@ def test_a_risk_jump_within_the_window_alerts_and_an_old_low_does_not() -> None:
     assert hits == []  # the low score left the window
 
 
+def test_a_low_exactly_the_window_ago_still_counts_and_the_memory_keeps_it() -> None:
+    pol = policy("rules:\n - {name: jump, kind: risk_jump, jump: 0.2, within: 7d}")
+    _, _, mem = fire(pol, score(0.1, at=T0))
+    _, _, mem = fire(pol, score(0.2, at=T0 + timedelta(days=3)), mem)
+    week = T0 + timedelta(days=7)
+    hits, _, after = fire(pol, score(0.35, at=week), mem)
+    assert [h.rule for h in hits] == ["jump"]
+    assert "10%" in hits[0].detail  # the lowest in the window, its oldest end included
+    assert [p for _, p in after.recent] == [0.1, 0.2, 0.35]
+    # a microsecond later, the low is out: 0.2 -> 0.35 is no jump of 0.2
+    hits, _, after = fire(pol, score(0.35, at=week + timedelta(microseconds=1)), mem)
+    assert hits == []
+    assert [p for _, p in after.recent] == [0.2, 0.35]
+
+
 def test_value_at_risk_lifecycle_and_complaint_rules() -> None:
     pol = policy(
         "rules:\n"
