@@ -1023,7 +1023,7 @@ _MASK_MEMBERS: Final = _members(_MASKS)
 _SIGNAL_HOLDS: Final = np.ascontiguousarray(
     ((_MASKS[None, :] >> np.arange(len(SIGNALS))[:, None]) & 1).astype(bool)
 )
-# each age's band (ages past the longest window: the last band)
+# each age's band, as searchsorted gives it (ages past the longest window: the last)
 _BAND_AT: Final = np.searchsorted(_BANDS, np.arange(_BANDS[-1] + 1), side="right")
 
 
@@ -1046,7 +1046,7 @@ def _counted_and_summed(
         table, code = np.unique(rows[:, _MASK], return_inverse=True)
         members = _members(table)
     n_masks = members[0].shape[0]
-    band = _BAND_AT[np.minimum(age, _BANDS[-1])]  # ages are >= 0 (as-of >= newest event)
+    band = _BAND_AT[np.clip(age, 0, _BANDS[-1])]
     key = (g * n_bands + band) * n_masks + code
     size = n * n_bands * n_masks
 
