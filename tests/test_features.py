@@ -176,14 +176,24 @@ def _with_odd_mask(state: CustomerState) -> CustomerState:
 def test_many_states_at_once_equal_one_at_a_time(
     history: list[tuple[Event, datetime]], later: list[int]
 ) -> None:
+    states = _folded(history)
+    _many_equal_one_at_a_time([*states, CustomerState("C3")], [*later, 0])  # C3: no event
+
+
+def _folded(history: list[tuple[Event, datetime]]) -> list[CustomerState]:
+    """The states of C1 and C2, each folded from its events in delivery order."""
     states = []
     for cid in ("C1", "C2"):
         mine = sorted((h for h in history if h[0].customer_id == cid), key=lambda x: x[1])
         states.append(CustomerState.fold(cid, (e for e, _ in mine)))
-    states.append(CustomerState("C3"))  # never saw an event
-    as_of = [(s.max_t or to_us(BASE)) + d for s, d in zip(states, [*later, 0], strict=True)]
-    many = aggregates_many(states, as_of)
-    for row, state, t in zip(many, states, as_of, strict=True):
+    return states
+
+
+def _many_equal_one_at_a_time(states: list[CustomerState], later: list[int]) -> None:
+    """Aggregates of the states together equal each one's own, ``later`` after each
+    one's newest event."""
+    as_of = [(s.max_t or to_us(BASE)) + d for s, d in zip(states, later, strict=True)]
+    for row, state, t in zip(aggregates_many(states, as_of), states, as_of, strict=True):
         assert _identical(row, state.aggregates(t))
 
 
@@ -201,14 +211,9 @@ DENSE = histories(
 def test_many_dense_states_at_once_equal_one_at_a_time(
     history: list[tuple[Event, datetime]], later: list[int]
 ) -> None:
-    states = []
-    for cid in ("C1", "C2"):
-        mine = sorted((h for h in history if h[0].customer_id == cid), key=lambda x: x[1])
-        states.append(CustomerState.fold(cid, (e for e, _ in mine)))
-    states.append(_with_odd_mask(states[0]))  # mask codes of a batch's own
-    as_of = [(s.max_t or to_us(BASE)) + d for s, d in zip(states, [*later, later[0]], strict=True)]
-    for row, state, t in zip(aggregates_many(states, as_of), states, as_of, strict=True):
-        assert _identical(row, state.aggregates(t))
+    states = _folded(history)
+    # a mask outside the table: mask codes of the batch's own
+    _many_equal_one_at_a_time([*states, _with_odd_mask(states[0])], [*later, later[0]])
 
 
 @settings(max_examples=60, deadline=None)
