@@ -1011,18 +1011,23 @@ _SUMMED_VALUE_COLUMN: Final = [_VALUE_COLUMN[SIGNALS[i].value] for i in _SUMMED_
 _SUMMED_COLUMNS: Final = sorted({c for c in _SUMMED_VALUE_COLUMN if c is not None})
 
 
+def _holds(table: npt.NDArray[np.int64], signals: Any) -> npt.NDArray[np.int64]:
+    """Whether each mask of ``table`` holds each of ``signals`` (indices): (masks,
+    signals) of 0/1."""
+    held: npt.NDArray[np.int64] = (table[:, None] >> signals) & 1
+    return held
+
+
 def _members(table: npt.NDArray[np.int64]) -> list[npt.NDArray[np.float64]]:
     """Which of the summed signals each mask of ``table`` holds, as (masks, signals) of
     0/1: for counting, then for summing each value column in turn."""
-    held = ((table[:, None] >> _SUMMED_SIGNALS) & 1).astype(np.float64)
+    held = _holds(table, _SUMMED_SIGNALS).astype(np.float64)
     return [held] + [held * [col == c for col in _SUMMED_VALUE_COLUMN] for c in _SUMMED_COLUMNS]
 
 
 _MASK_MEMBERS: Final = _members(_MASKS)
-# whether each mask of the table holds each signal: (signals, masks), a row per signal
-_SIGNAL_HOLDS: Final = np.ascontiguousarray(
-    ((_MASKS[None, :] >> np.arange(len(SIGNALS))[:, None]) & 1).astype(bool)
-)
+# whether each mask of the table holds each signal, a row per signal (by mask code)
+_SIGNAL_HOLDS: Final = np.ascontiguousarray(_holds(_MASKS, np.arange(len(SIGNALS))).T.astype(bool))
 # each age's band, as searchsorted gives it (ages past the longest window: the last)
 _BAND_AT: Final = np.searchsorted(_BANDS, np.arange(_BANDS[-1] + 1), side="right")
 

@@ -221,10 +221,7 @@ def test_many_dense_states_at_once_equal_one_at_a_time(
 def test_many_states_serialised_at_once_give_each_ones_own_bytes(
     history: list[tuple[Event, datetime]],
 ) -> None:
-    states = []
-    for cid in ("C1", "C2"):
-        mine = sorted((h for h in history if h[0].customer_id == cid), key=lambda x: x[1])
-        states.append(CustomerState.fold(cid, (e for e, _ in mine)))
+    states = _folded(history)
     states.insert(1, CustomerState("C3"))  # never saw an event, between two that did
     # a state with a signal mask outside the table of masks events can have: its
     # masks are written through a palette of its own
