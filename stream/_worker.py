@@ -429,6 +429,7 @@ def build_app(cfg: WorkerConfig, policy: RulePolicy | None = None) -> tuple[Any,
     """The faust app with its topics, table, agent, model timer and stats page."""
     import faust
 
+    from stream._partition import KeyPartitioner
     from stream._transport import SCHEME, set_fetch_wait
 
     set_fetch_wait(cfg.fetch_wait_ms)
@@ -446,6 +447,7 @@ def build_app(cfg: WorkerConfig, policy: RulePolicy | None = None) -> tuple[Any,
         web_port=cfg.web_port,
         consumer_auto_offset_reset="earliest",
         producer_linger_ms=5,
+        producer_partitioner=KeyPartitioner(),  # the default's partitions, hashed once a key
         # offsets committed on faust's timer (every 2.8 s) only: its commit every 10,000
         # acknowledged records runs inside its fetch loop, which hands out no record
         # until the producer has flushed and the commit is done (write-behind acks a
