@@ -14,17 +14,20 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
+from typing import Any
 
 import polars as pl
 
 from features import scan_log
 from features.events import log_records
+from stream._partition import KeyPartitioner
 
 __all__ = ["ReplayResult", "load_replay", "replay"]
 
 logger = logging.getLogger(__name__)
 
 BATCH = 2000
+PACED_SLICE, PACED_STEP = 250, 50
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,6 +77,36 @@ async def ensure_topics(bootstrap: str, topics: list[str], partitions: int) -> N
         await admin.close()
 
 
+async def _send_chunk(
+    producer: Any,
+    topic: str,
+    chunk: list[tuple[bytes | None, bytes]],
+    partitions: list[int],
+    partition_of: KeyPartitioner,
+    headers: list[tuple[str, bytes]],
+) -> list[asyncio.Future[Any]]:
+    """Send records as one batch per partition (in their order within each): a
+    batch is built in aiokafka's compiled record builder, where ``send`` per record
+    cost about 100 µs of Python."""
+    batches: dict[int, Any] = {}
+    futures = []
+    for key, value in chunk:
+        p = partition_of(key, partitions, partitions)
+        batch = batches.get(p)
+        if batch is None:
+            batch = batches[p] = producer.create_batch()
+        if batch.append(key=key, value=value, timestamp=None, headers=headers) is None:
+            futures.append(await producer.send_batch(batch, topic, partition=p))  # full
+            batch = batches[p] = producer.create_batch()
+            # an empty batch takes any record, as Kafka's do (the broker may refuse it:
+            # the send fails, and the replay with it)
+            if batch.append(key=key, value=value, timestamp=None, headers=headers) is None:
+                raise RuntimeError(f"a new batch refused a record of {len(value):,} bytes")
+    for p, batch in batches.items():
+        futures.append(await producer.send_batch(batch, topic, partition=p))
+    return futures
+
+
 async def _produce(
     bootstrap: str,
     topic: str,
@@ -86,28 +119,29 @@ async def _produce(
     from aiokafka import AIOKafkaProducer
 
     await ensure_topics(bootstrap, [topic], partitions)
-    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, linger_ms=10, acks=1)
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks=1)
     await producer.start()
     headers = [("churn-backfill", b"1")] if backfill else []
     sent = 0
     began = time.monotonic()
     try:
-        for start in range(0, frame.height, BATCH):
+        parts, partition_of = sorted(await producer.partitions_for(topic)), KeyPartitioner()
+        # paced: encoded a little at a time, sent 50 at a time (each when due)
+        size, step = (PACED_SLICE, PACED_STEP) if rate else (BATCH, BATCH)
+        for start in range(0, frame.height, size):
+            records = [
+                (key.encode() if key else None, value)
+                for key, value in log_records(frame.slice(start, size))
+            ]
             futures = []
-            for key, value in log_records(frame.slice(start, BATCH)):
-                futures.append(
-                    await producer.send(
-                        topic,
-                        value=value,
-                        key=key.encode() if key else None,
-                        headers=headers,
-                    )
-                )
-                sent += 1
-                if rate and sent % 50 == 0:
+            for at in range(0, len(records), step):
+                if rate:
                     ahead = sent / rate - (time.monotonic() - began)
                     if ahead > 0:
                         await asyncio.sleep(ahead)
+                chunk = records[at : at + step]
+                futures += await _send_chunk(producer, topic, chunk, parts, partition_of, headers)
+                sent += len(chunk)
             await asyncio.gather(*futures)
             if progress:
                 progress(sent)

@@ -214,6 +214,74 @@ def assert_states_match_offline(states: dict[str, CustomerState], log: Path) -> 
     assert mismatches == [], f"{len(mismatches)} features differ: {mismatches[:60]}"
 
 
+def read_placed(bootstrap: str, topic: str) -> list[tuple[int, bytes | None, bytes, bool]]:
+    """Every record of ``topic``: (partition, key, value, whether it has the backfill
+    header), each partition's in offset order."""
+    import asyncio
+
+    from aiokafka import AIOKafkaConsumer, TopicPartition
+
+    async def read() -> list[tuple[int, bytes | None, bytes, bool]]:
+        consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
+        await consumer.start()
+        try:
+            await consumer.topics()
+            out = []
+            for p in sorted(consumer.partitions_for_topic(topic) or ()):
+                tp = TopicPartition(topic, p)
+                consumer.assign([tp])
+                await consumer.seek_to_beginning(tp)
+                while batch := (await consumer.getmany(tp, timeout_ms=1000)).get(tp, []):
+                    out += [
+                        (p, r.key, r.value, ("churn-backfill", b"1") in r.headers) for r in batch
+                    ]
+            return out
+        finally:
+            await consumer.stop()
+
+    return asyncio.run(read())
+
+
+def test_replay_sends_every_record_once_on_its_key_s_partition_in_order(
+    broker: Broker, stream_log: Path
+) -> None:
+    """Paced and unpaced, with and without the backfill header: each record of the
+    log (malformed ones with their bytes) once, a key's records on the partition the
+    Java client picks for it, in the log's order."""
+    from aiokafka.partitioner import murmur2
+
+    from features.events import log_records
+
+    frame = load_replay(stream_log).head(5_000)
+    # malformed records without a customer id, so without a key (anywhere will do)
+    keyless = pl.col("raw").is_not_null() & (pl.int_range(pl.len()) % 3 == 0)
+    frame = frame.with_columns(
+        pl.when(keyless).then(None).otherwise(pl.col("customer_id")).alias("customer_id")
+    )
+    bootstrap = broker.url.removeprefix("kafka://")
+    assert replay(bootstrap, "bank.events", frame.head(3_000), backfill=True).sent == 3_000
+    assert replay(bootstrap, "bank.events", frame.slice(3_000), rate=20_000).sent == 2_000
+    placed = read_placed(bootstrap, "bank.events")
+    sent = [
+        (key.encode() if key else None, value, i < 3_000)
+        for i, (key, value) in enumerate(log_records(frame))
+    ]
+    assert Counter((k, v, b) for _, k, v, b in placed) == Counter(sent)
+    assert any(k is None for k, _, _ in sent)  # the dirty log has records without a key
+    for p, key, _, _ in placed:
+        if key is not None:
+            assert p == (murmur2(key) & 0x7FFFFFFF) % 8, key
+    in_log: dict[bytes, list[bytes]] = {}
+    for key, value, _ in sent:
+        if key is not None:
+            in_log.setdefault(key, []).append(value)
+    on_topic: dict[bytes, list[bytes]] = {}
+    for _, key, value, _ in placed:
+        if key is not None:
+            on_topic.setdefault(key, []).append(value)
+    assert on_topic == in_log
+
+
 def test_live_scores_equal_batch_scores_and_dirty_input_is_accounted(
     broker: Broker, stream_log: Path, champion_dir: Path, tmp_path: Path
 ) -> None:
