@@ -283,6 +283,7 @@ class CustomerState:
 
     __slots__ = (
         "_arrays",
+        "_entity_row",
         "_flat",
         "_floor",
         "_top",
@@ -313,6 +314,8 @@ class CustomerState:
         self.segment: tuple[int, int] | None = None  # (t, code)
         self.manager: tuple[int, str, str | None] | None = None  # (t, manager, branch)
         self._arrays: dict[str, npt.NDArray[np.int64]] | None = None
+        # _entity_values() until an entity changes (most events are not about one)
+        self._entity_row: list[float] | None = None
 
     @property
     def max_t(self) -> int | None:
@@ -387,6 +390,7 @@ class CustomerState:
         return "applied"
 
     def _entities(self, ev: Any, etype: str, t: int) -> None:
+        self._entity_row = None
         if etype in ("product_opened", "product_closed"):
             closed = int(etype == "product_closed")
             key = (t, closed, _PRODUCT_CODE[ev.product_type])
@@ -430,6 +434,7 @@ class CustomerState:
         del records[:cut]
         del self._flat[: 6 * cut]
         if self.complaints:
+            self._entity_row = None
             for cid, (_filed, resolved) in list(self.complaints.items()):
                 if resolved is not None and resolved < horizon_t:
                     del self.complaints[cid]
@@ -542,7 +547,14 @@ class CustomerState:
     def _entity_values(self) -> list[float]:
         """What the entity aggregates read, in one pass (see :func:`_entity_piece`):
         products held, their distinct types, held per type (``PRODUCT_TYPES``
-        order), complaints open, the oldest open one's filing time, the segment."""
+        order), complaints open, the oldest open one's filing time, the segment.
+        Kept until an event about an entity (or the expiry of complaints) changes them."""
+        row = self._entity_row
+        if row is None:
+            row = self._entity_row = self._entity_values_now()
+        return row
+
+    def _entity_values_now(self) -> list[float]:
         per_type = [0] * len(PRODUCT_TYPES)
         for _t, closed, code in self.products.values():
             if not closed:
@@ -898,26 +910,26 @@ def aggregates_many(states: list[CustomerState], as_of_us: list[int]) -> npt.NDA
     code, known = _mask_codes(mask)
     in_table = bool(known.all())  # else a mask outside the table: the codes mean nothing
     _counted_and_summed(out, rows, g, age, code, in_table, states, as_of_us)
+    # lifetime aggregates: read from each state's records of them, a row per state
+    out[:, _LIFE_AT] = [
+        [default if (rec := life(i)) is None else rec[at] for i, at, default in _LIFE_READ]
+        for life in [s.life.get for s in states]
+    ]
     sig_rows: dict[int, npt.NDArray[np.int64]] = {}
     in_window: dict[tuple[int, int], npt.NDArray[np.int64]] = {}
     entities: npt.NDArray[np.float64] | None = None
     for k, agg in enumerate(AGGREGATES):
-        if k in _SUMMED_AT:
+        if k in _SUMMED_AT or k in _LIFE_OF:
             continue
         window = getattr(agg, "window", None)
         stat = getattr(agg, "stat", None)
         if agg is AS_OF or agg.key == AS_OF.key:
             out[:, k] = as_of.astype(np.float64)
             continue
-        if window is None:
-            life = _LIFE_OF.get(k)
-            if life is not None:  # a lifetime aggregate: read from each state's record
-                i, at, default = life
-                out[:, k] = [default if (rec := s.life.get(i)) is None else rec[at] for s in states]
-            else:  # entities: products, complaints, segment
-                if entities is None:
-                    entities = np.array([s._entity_values() for s in states], np.float64)
-                out[:, k] = entities[:, _entity_piece(agg.signal, agg.stat)]
+        if window is None:  # entities: products, complaints, segment
+            if entities is None:
+                entities = np.array([s._entity_values() for s in states], np.float64)
+            out[:, k] = entities[:, _entity_piece(agg.signal, agg.stat)]
             continue
         i = _SIG_INDEX[agg.signal]
         # the rows of the signal, then of the signal in the window: positions into the
@@ -988,6 +1000,8 @@ _LIFE_OF: Final = {
     for k, a in enumerate(AGGREGATES)
     if a is not AS_OF and a.window is None and a.stat in _LIFE_FIELD
 }
+_LIFE_AT: Final = list(_LIFE_OF)
+_LIFE_READ: Final = [_LIFE_OF[k] for k in _LIFE_AT]
 
 
 # Windowed counts and sums: every (signal, window) of them at once. The records are

@@ -217,6 +217,38 @@ def test_many_dense_states_at_once_equal_one_at_a_time(
 
 
 @settings(max_examples=60, deadline=None)
+@given(
+    histories(
+        days=400,
+        kinds=(
+            "product_opened",
+            "product_closed",
+            "complaint_filed",
+            "complaint_resolved",
+            "customer_onboarded",
+            "card_payment",
+        ),
+        most=30,
+    )
+)
+def test_the_entities_read_between_events_follow_every_change(
+    history: list[tuple[Event, datetime]],
+) -> None:
+    """A state's products, complaints and segment, read after each event (the live
+    scorer's way: they are kept between reads), equal those of the same events
+    folded afresh."""
+    mine = sorted((h for h in history if h[0].customer_id == "C1"), key=lambda x: x[1])
+    events = [e for e, _ in mine]
+    state = CustomerState("C1")
+    for i, event in enumerate(events):
+        state.apply(event)
+        if state.max_t is None:
+            continue
+        fresh = CustomerState.fold("C1", events[: i + 1])
+        assert _identical(aggregates_many([state], [state.max_t])[0], fresh.aggregates(state.max_t))
+
+
+@settings(max_examples=60, deadline=None)
 @given(histories())
 def test_many_states_serialised_at_once_give_each_ones_own_bytes(
     history: list[tuple[Event, datetime]],
