@@ -23,6 +23,7 @@ from bench.stream import (
     _consume_rate,
     _drain,
     _free_port,
+    _noop_span,
     _worker,
     train_champion,
 )
@@ -85,14 +86,15 @@ def main() -> int:
                             "-m",
                             "bench.noop_worker",
                             broker.url,
-                            str(work / ("noop-faust" if flags else "noop")),
+                            str(work / f"{name}{run}"),
                             *flags,
                         ],
                         {**os.environ, "PYTHONPATH": str(ROOT)},
                         work / f"noop{run}.log",
                     )
                     try:
-                        rates[name].append(_consume_rate(bootstrap, "noop-bench", total))
+                        span = _noop_span(work / f"{name}{run}")
+                        rates[name].append(_consume_rate(bootstrap, "noop-bench", total, span))
                     finally:
                         stop_group(proc)
             print(f"run {run + 1}: {name} {rates[name][-1]:,.0f}/s", file=sys.stderr)

@@ -7,12 +7,18 @@ handed over inline) and micro-batches (``stream._take``, every queued record tak
 one turn of the loop). With ``--stock-faust`` it reads as faust 0.15.3 does (``wait_first``
 per record, ``take_events`` filled one record per turn): the ceiling of a stock
 faust agent. Both keep the rest of the worker's transport: the short fetch wait the
-dev broker needs, and end offsets read from the data.
+dev broker needs, and end offsets read from the data. After each batch it writes
+``work.json`` in its data directory: records seen, the wall-clock start of its first
+batch and the end of its latest (the span a throughput benchmark divides by).
 """
 
 from __future__ import annotations
 
+import json
+import os
 import sys
+import time
+from pathlib import Path
 
 import faust
 from faust.transport.consumer import Consumer as FaustConsumer
@@ -39,6 +45,8 @@ TRANSPORTS.aliases[STOCK] = "bench.noop_worker:FaustDeliveryTransport"
 def main() -> None:
     args = [a for a in sys.argv[1:] if a != "--stock-faust"]
     stock = "--stock-faust" in sys.argv
+    datadir = Path(args[1] if len(args) > 1 else "noop-data")
+    datadir.mkdir(parents=True, exist_ok=True)
     app = faust.App(
         "noop-bench",
         broker=args[0].replace("kafka://", f"{STOCK if stock else _transport.SCHEME}://", 1),
@@ -49,16 +57,24 @@ def main() -> None:
         value_serializer="raw",
         web_enabled=False,
         consumer_auto_offset_reset="earliest",
-        datadir=args[1] if len(args) > 1 else "noop-data",
+        datadir=str(datadir),
         **({} if stock else {"Stream": PacedStream}),
     )
     topic = app.topic("bank.events", partitions=8, internal=True)
+    report = datadir / "work.json"
+    work = {"records": 0, "first_batch": None, "last_batch": None}
 
     @app.agent(topic)
     async def noop(stream):  # type: ignore[no-untyped-def]
         batches = stream.take_events(500, 0.1) if stock else stream.take_paced(500, 0.1)
-        async for _batch in batches:
-            pass
+        async for batch in batches:
+            now = time.time()
+            if work["first_batch"] is None:
+                work["first_batch"] = now  # the batch is taken: its work begins
+            work["records"] += len(batch)
+            work["last_batch"] = now
+            report.with_suffix(".tmp").write_text(json.dumps(work))
+            os.replace(report.with_suffix(".tmp"), report)
 
     Worker(app, loglevel="warn", redirect_stdouts=False).execute_from_commandline()
 

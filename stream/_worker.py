@@ -185,6 +185,9 @@ class Runtime:
     drift: DriftWindow | None = None  # of the model in use (its reference)
     last_event_us: int | None = None
     last_processed: float | None = None  # wall clock, seconds
+    first_batch: float | None = None  # wall clock when the first micro-batch began
+    flush_began: float | None = None  # wall clock when the last write-behind flush began
+    last_flushed: float | None = None  # wall clock when the last write-behind flush ended
     guard: OffsetGuard | None = None
     pending: WriteBehind = field(default_factory=WriteBehind)
     flushing: WriteBehind | None = None  # taken from ``pending``, being written
@@ -246,6 +249,13 @@ class Runtime:
             "alerts_suppressed": dict(self.policy.suppressed),
             "uptime_seconds": round(time.monotonic() - self.started, 1),
             "batches": self.batch_summary(),
+            # wall clock (s): the span of the worker's work, for throughput benchmarks
+            "work": {
+                "first_batch": self.first_batch,
+                "last_batch": self.last_processed,
+                "flush_began": self.flush_began,
+                "last_flush": self.last_flushed,
+            },
         }
 
     def batch_summary(self) -> dict[str, float]:
@@ -533,6 +543,7 @@ def build_app(cfg: WorkerConfig, policy: RulePolicy | None = None) -> tuple[Any,
         consumer: Any = app.consumer
         if discard_if_rebalanced() or not consumer.flow_active:
             return  # a rebalance is under way: the events are read again
+        runtime.flush_began = time.time()
         await score_due()
         sizes = await write_states(wb.states.items())
         await finish_flush(wb, sizes)
@@ -560,6 +571,7 @@ def build_app(cfg: WorkerConfig, policy: RulePolicy | None = None) -> tuple[Any,
             mark_acked(consumer, tp, offsets)
         runtime.observe("churn_state_bytes", sizes)
         runtime.flushes += 1
+        runtime.last_flushed = time.time()
 
     def still_ours(taken: WriteBehind) -> bool:
         """Whether a flush under way may go on: no rebalance since it began. Else its
@@ -588,6 +600,7 @@ def build_app(cfg: WorkerConfig, policy: RulePolicy | None = None) -> tuple[Any,
         async with processing:
             if discard_if_rebalanced() or not consumer.flow_active or not wb.pending():
                 return
+            runtime.flush_began = time.time()
             await score_due()
             taken = runtime.flushing = wb.take()
         try:
@@ -811,6 +824,8 @@ def build_app(cfg: WorkerConfig, policy: RulePolicy | None = None) -> tuple[Any,
             logger.warning("no answer from the model registry in 60 s: folding without scores")
         async for batch in stream.take_paced(cfg.batch_size, within=cfg.batch_within):
             began = time.time()
+            if runtime.first_batch is None:
+                runtime.first_batch = began
             stamps = np.fromiter((ev.message.timestamp for ev in batch), np.float64, len(batch))
             oldest = float(stamps.min()) if len(batch) else began
             # even its newest event waited this long: behind, scoring once per flush
