@@ -471,6 +471,10 @@ def assert_accounted(stats: dict[str, object]) -> None:
     dead = sum(Counter(stats["dead_lettered"]).values())  # type: ignore[arg-type]
     assert counts["consumed"] > 0
     assert counts["consumed"] == counts["applied"] + counts["duplicate"] + dead
+    # the span of its work (what the throughput benchmarks divide by), in order
+    work: dict[str, float] = stats["work"]  # type: ignore[assignment]
+    assert work["first_batch"] <= work["last_batch"]
+    assert work["first_batch"] <= work["flush_began"] <= work["last_flush"]
 
 
 def test_two_workers_share_partitions_and_the_survivor_takes_over(
