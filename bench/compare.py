@@ -80,21 +80,23 @@ def main() -> int:
                     bootstrap = broker.url.removeprefix("kafka://")
                     replay(bootstrap, "bank.events", frame)
                     flags = ["--stock-faust"] if name == FAUST_NOOP else []
+                    own = work / f"noop{'-faust' if flags else ''}{run}"  # its data, work.json
                     proc = _worker(
                         [
                             sys.executable,
                             "-m",
                             "bench.noop_worker",
                             broker.url,
-                            str(work / f"{name}{run}"),
+                            str(own),
                             *flags,
                         ],
                         {**os.environ, "PYTHONPATH": str(ROOT)},
-                        work / f"noop{run}.log",
+                        work / f"{own.name}.log",
                     )
                     try:
-                        span = _noop_span(work / f"{name}{run}")
-                        rates[name].append(_consume_rate(bootstrap, "noop-bench", total, span))
+                        rates[name].append(
+                            _consume_rate(bootstrap, "noop-bench", total, _noop_span(own))
+                        )
                     finally:
                         stop_group(proc)
             print(f"run {run + 1}: {name} {rates[name][-1]:,.0f}/s", file=sys.stderr)
