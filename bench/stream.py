@@ -52,27 +52,27 @@ def _free_port() -> int:
 Span = Callable[[], tuple[int, float, float]]
 
 
-def _consume_rate(
-    bootstrap: str, group: str, total: int, span: Span | None = None, timeout: float = 900
-) -> float:
+def _drained(bootstrap: str, group: str, timeout: float = 900) -> None:
+    """Until ``group`` has committed every record of ``bank.events``."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        lag = consumer_lag(bootstrap, group, "bank.events")
+        if lag and sum(lag.values()) == 0:
+            return
+        time.sleep(0.5)
+    raise RuntimeError("timed out")
+
+
+def _consume_rate(bootstrap: str, group: str, total: int, span: Span) -> float:
     """Records/s of a drain of ``total`` records: once the group has committed them
     all, the records over the span of work the agent reports (``span``: records, the
     wall-clock start of its first batch, the end of its last batch or flush).
 
     Not the commits' own pace: the worker commits on faust's timer (2.8 s), after its
-    write-behind flush, so on a drain of 10-20 s the first and last commits fell up to
+    write-behind flush, so on a drain of 6-15 s the first and last commits fell up to
     a third of the drain away from the work (a drain 13.2-14.6k records/s by its work
     read 8.7-11.6k by its commits), where the no-op commits every 10,000 records."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        lag = consumer_lag(bootstrap, group, "bank.events")
-        if lag and sum(lag.values()) == 0:
-            break
-        time.sleep(0.5)
-    else:
-        raise RuntimeError("timed out")
-    if span is None:
-        return float("nan")  # only waited for
+    _drained(bootstrap, group)
     records, first, last = span()
     if records < total:
         raise RuntimeError(f"the agent reports {records:,} records of {total:,}")
@@ -172,7 +172,7 @@ def _memory_per_100k(work: Path, customers: int) -> tuple[float, float, float]:
             _wait_model(web)
             before = _rss_mb(pipe.pid)
             replay(bootstrap, "bank.events", frame, backfill=True)
-            _consume_rate(bootstrap, "churn-engine", frame.height)
+            _drained(bootstrap, "churn-engine")
             after = _rss_mb(pipe.pid)
         finally:
             stop_group(pipe)

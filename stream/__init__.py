@@ -1,7 +1,7 @@
 """Streaming: the faust worker, the development broker and log replay."""
 
 from stream._broker import Broker, port_open, stop_group
-from stream._lag import consumer_lag, read_records, read_topic
+from stream._lag import consumer_lag, read_placed, read_records, read_topic
 from stream._replay import ReplayResult, load_replay, replay
 from stream._worker import BACKFILL_HEADER, Runtime, WorkerConfig, build_app, run_worker
 
@@ -15,6 +15,7 @@ __all__ = [
     "consumer_lag",
     "load_replay",
     "port_open",
+    "read_placed",
     "read_records",
     "read_topic",
     "replay",

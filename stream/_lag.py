@@ -6,7 +6,7 @@ import asyncio
 from collections.abc import Iterator, Mapping
 from typing import Any
 
-__all__ = ["consumer_lag", "read_records", "read_topic", "true_end_offsets"]
+__all__ = ["consumer_lag", "read_placed", "read_records", "read_topic", "true_end_offsets"]
 
 
 async def true_end_offsets(
@@ -82,13 +82,13 @@ def consumer_lag(bootstrap: str, group: str, topic: str) -> dict[int, int]:
     return asyncio.run(_lag(bootstrap, group, topic))
 
 
-async def _read(bootstrap: str, topic: str, idle: float) -> list[tuple[bytes | None, bytes, int]]:
+async def _read(bootstrap: str, topic: str, idle: float) -> list[Any]:
     from aiokafka import AIOKafkaConsumer
     from aiokafka.structs import TopicPartition
 
     consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
     await consumer.start()
-    out: list[tuple[bytes | None, bytes, int]] = []
+    out: list[Any] = []  # aiokafka's records, each partition's in offset order
     try:
         await consumer.topics()
         tps = [TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic) or ())]
@@ -102,7 +102,7 @@ async def _read(bootstrap: str, topic: str, idle: float) -> list[tuple[bytes | N
             batch = await consumer.getmany(*todo, timeout_ms=500, max_records=10_000)
             quiet = quiet + 0.5 if not batch else 0.0
             for tp, records in batch.items():
-                out.extend((r.key, r.value, r.timestamp) for r in records if r.value is not None)
+                out.extend(r for r in records if r.value is not None)
                 if records and records[-1].offset + 1 >= ends[tp]:
                     todo.discard(tp)
         return out
@@ -115,11 +115,22 @@ def read_topic(
 ) -> Iterator[tuple[bytes | None, bytes]]:
     """Every record of ``topic`` from the start to its current end (or until ``idle``
     seconds bring nothing)."""
-    return iter([(k, v) for k, v, _ in asyncio.run(_read(bootstrap, topic, idle))])
+    return iter([(r.key, r.value) for r in asyncio.run(_read(bootstrap, topic, idle))])
 
 
 def read_records(
     bootstrap: str, topic: str, idle: float = 3.0
 ) -> list[tuple[bytes | None, bytes, int]]:
     """Like :func:`read_topic`, with each record's timestamp (ms since the epoch)."""
-    return asyncio.run(_read(bootstrap, topic, idle))
+    return [(r.key, r.value, r.timestamp) for r in asyncio.run(_read(bootstrap, topic, idle))]
+
+
+def read_placed(
+    bootstrap: str, topic: str, idle: float = 3.0
+) -> list[tuple[int, bytes | None, bytes, list[tuple[str, bytes]]]]:
+    """Like :func:`read_topic`, with where each record is and its headers:
+    (partition, key, value, headers), each partition's in offset order."""
+    return [
+        (r.partition, r.key, r.value, list(r.headers))
+        for r in asyncio.run(_read(bootstrap, topic, idle))
+    ]

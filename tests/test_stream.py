@@ -23,7 +23,15 @@ import pytest
 from features import CustomerState, clean_log, offline_features, scan_log
 from serving._notify import Notifier, RoutingConfig
 from simulator import SimConfig, truth_dir_for, write_parquet
-from stream import Broker, consumer_lag, load_replay, read_records, read_topic, replay
+from stream import (
+    Broker,
+    consumer_lag,
+    load_replay,
+    read_placed,
+    read_records,
+    read_topic,
+    replay,
+)
 from tests.conftest import BIN, NOW, fast_config, free_port, stop
 from training import Store, load_bundle
 
@@ -214,34 +222,6 @@ def assert_states_match_offline(states: dict[str, CustomerState], log: Path) -> 
     assert mismatches == [], f"{len(mismatches)} features differ: {mismatches[:60]}"
 
 
-def read_placed(bootstrap: str, topic: str) -> list[tuple[int, bytes | None, bytes, bool]]:
-    """Every record of ``topic``: (partition, key, value, whether it has the backfill
-    header), each partition's in offset order."""
-    import asyncio
-
-    from aiokafka import AIOKafkaConsumer, TopicPartition
-
-    async def read() -> list[tuple[int, bytes | None, bytes, bool]]:
-        consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
-        await consumer.start()
-        try:
-            await consumer.topics()
-            out = []
-            for p in sorted(consumer.partitions_for_topic(topic) or ()):
-                tp = TopicPartition(topic, p)
-                consumer.assign([tp])
-                await consumer.seek_to_beginning(tp)
-                while batch := (await consumer.getmany(tp, timeout_ms=1000)).get(tp, []):
-                    out += [
-                        (p, r.key, r.value, ("churn-backfill", b"1") in r.headers) for r in batch
-                    ]
-            return out
-        finally:
-            await consumer.stop()
-
-    return asyncio.run(read())
-
-
 def test_replay_sends_every_record_once_on_its_key_s_partition_in_order(
     broker: Broker, stream_log: Path
 ) -> None:
@@ -261,7 +241,10 @@ def test_replay_sends_every_record_once_on_its_key_s_partition_in_order(
     bootstrap = broker.url.removeprefix("kafka://")
     assert replay(bootstrap, "bank.events", frame.head(3_000), backfill=True).sent == 3_000
     assert replay(bootstrap, "bank.events", frame.slice(3_000), rate=20_000).sent == 2_000
-    placed = read_placed(bootstrap, "bank.events")
+    placed = [
+        (p, k, v, ("churn-backfill", b"1") in headers)
+        for p, k, v, headers in read_placed(bootstrap, "bank.events")
+    ]
     sent = [
         (key.encode() if key else None, value, i < 3_000)
         for i, (key, value) in enumerate(log_records(frame))
