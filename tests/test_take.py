@@ -15,7 +15,7 @@ import faust
 import pytest
 
 from stream._take import PacedStream
-from stream._transport import _Resumed
+from stream._transport import BUFFERED_POLL, _Resumed
 
 Feed = Callable[[Any], Awaitable[None]]
 
@@ -252,3 +252,68 @@ def test_a_stream_that_is_not_on_a_channel_is_refused() -> None:
         stream.take_paced(10, within=0.1)
     with pytest.raises(ValueError, match="within must be > 0"):
         app.stream(app.channel()).take_paced(10, within=0)
+
+
+def _consumer_with_full_buffers(full: int, idle: int) -> tuple[Any, list[Any], list[Any]]:
+    """The worker's consumer (no broker: its fetch is recorded) with ``full``
+    partitions of ``bank.events`` whose stream buffers are full, and ``idle``
+    partitions of another topic."""
+    from faust.types import TP
+
+    app = faust.App(f"buffers-{uuid.uuid4().hex}", broker="churnkafka://127.0.0.1:1")
+    consumer = app.consumer
+    busy = [TP("bank.events", p) for p in range(full)]
+    other = [TP("manager.actions", p) for p in range(idle)]
+    consumer._set_active_tps({*busy, *other})  # what faust does on an assignment
+    fetches: list[tuple[set[Any], float]] = []
+
+    async def fetch(active_partitions: set[Any], timeout: float) -> dict[Any, Any]:
+        fetches.append((set(active_partitions), timeout))
+        return {}
+
+    consumer._getmany = fetch
+    for tp in busy:
+        consumer.on_buffer_full(tp)
+    return consumer, busy, fetches
+
+
+def test_a_fetch_beside_full_buffers_comes_back_soon() -> None:
+    """Partitions left out for their full stream buffers: the fetch of the others
+    waits ``BUFFERED_POLL`` at most (faust: the whole timeout, a second in which the
+    full buffers drain and the agent runs dry), and once they have drained, the next
+    fetch asks for them again with faust's timeout."""
+
+    async def main() -> None:
+        consumer, busy, fetches = _consumer_with_full_buffers(full=8, idle=1)
+        await consumer._wait_next_records(1.0)
+        assert fetches[-1][0].isdisjoint(busy)
+        assert fetches[-1][1] == BUFFERED_POLL < 1.0
+        for tp in busy:
+            consumer.on_buffer_drop(tp)
+        await consumer._wait_next_records(1.0)
+        assert fetches[-1] == ({*busy, *fetches[0][0]}, 1.0)
+        consumer._thread.thread_loop.close()  # its thread (never started) owns a loop
+
+    asyncio.run(main())
+
+
+def test_a_fetch_with_every_buffer_full_waits_for_one_to_drain() -> None:
+    """Every assigned partition's buffer full: no fetch until one drains (faust
+    sleeps a whole second), then a fetch of the drained partition; with none drained
+    in ``timeout``, faust's empty answer and no fetch."""
+
+    async def main() -> None:
+        consumer, busy, fetches = _consumer_with_full_buffers(full=3, idle=0)
+        assert await consumer._wait_next_records(0.05) == ({}, set())
+        assert fetches == []
+        waiting = asyncio.ensure_future(consumer._wait_next_records(30.0))
+        await asyncio.sleep(0.05)
+        assert not waiting.done()
+        assert fetches == []
+        consumer.on_buffer_drop(busy[1])
+        await asyncio.wait_for(waiting, timeout=5)
+        assert fetches == [({busy[1]}, BUFFERED_POLL)]  # the other two are still full
+        assert consumer.buffer_waits == 2
+        consumer._thread.thread_loop.close()
+
+    asyncio.run(main())
