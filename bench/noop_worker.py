@@ -9,11 +9,13 @@ per record, ``take_events`` filled one record per turn): the ceiling of a stock
 faust agent. Both keep the rest of the worker's transport: the short fetch wait the
 dev broker needs, and end offsets read from the data. After each batch it writes
 ``work.json`` in its data directory: records seen, the wall-clock start of its first
-batch and the end of its latest (the span a throughput benchmark divides by).
+batch and the end of its latest (the span a throughput benchmark divides by). Its
+cyclic collector is set as the worker's (``GC_THRESHOLDS``, imports frozen).
 """
 
 from __future__ import annotations
 
+import gc
 import json
 import os
 import sys
@@ -27,6 +29,7 @@ from faust.worker import Worker
 
 from stream import _transport
 from stream._take import PacedStream
+from stream._worker import GC_THRESHOLDS
 
 STOCK = "churnkafkafaust"
 
@@ -76,6 +79,8 @@ def main() -> None:
             report.with_suffix(".tmp").write_text(json.dumps(work))
             os.replace(report.with_suffix(".tmp"), report)
 
+    gc.freeze()
+    gc.set_threshold(*GC_THRESHOLDS)  # the worker's collector settings (stream._worker)
     Worker(app, loglevel="warn", redirect_stdouts=False).execute_from_commandline()
 
 

@@ -350,6 +350,12 @@ class Runtime:
         logger.info("model %s version %s in use (was %s)", cfg.model_name, version, current)
 
 
+# the cyclic collector's thresholds in a worker: a young collection every 50,000 net
+# allocations, not 700. With Python's, a 163k-record drain spent 0.9 s of its 11 s in
+# the collector, 0.4 s of it in ten full passes of about 40 ms each (the events held
+# until their flush live long enough to be promoted, and their release triggers full
+# passes); with these, 0.3 s and no full pass. A young pass takes about 25 ms then.
+GC_THRESHOLDS = (50_000, 10, 10)
 COMMIT_EVERY = 1 << 62  # records between count-based commits: never (see build_app)
 FLUSH_SLICE = 128  # states written between two micro-batches (about 10 ms)
 
@@ -923,5 +929,6 @@ def run_worker(cfg: WorkerConfig, loglevel: str = "info") -> None:
 
     app, _ = build_app(cfg)
     gc.freeze()  # what is imported so far stays: out of the collector's full passes
+    gc.set_threshold(*GC_THRESHOLDS)
     level = {"warning": "warn", "debug": "debug", "error": "error"}.get(loglevel, "info")
     Worker(app, loglevel=level, redirect_stdouts=False).execute_from_commandline()
