@@ -7,9 +7,14 @@ wait, which puts up to 1.5 s between an event and its score. The worker's broker
 uses the scheme ``churnkafka://`` (registered here), whose consumer waits
 ``CHURN_FETCH_WAIT_MS`` (:func:`set_fetch_wait`; default 50 ms) instead;
 recovery asks for the end offsets of changelog partitions read from the data (the
-dev broker misreports them); everything else is faust's aiokafka transport.
-Measured with a plain consumer on the dev broker: median delivery 420 ms with a
-1,500 ms wait, 5 ms with 100 ms.
+dev broker misreports them). Measured with a plain consumer on the dev broker: median
+delivery 420 ms with a 1,500 ms wait, 5 ms with 100 ms.
+
+Its consumer also hands fetched records to the agents inline (``_drain_messages``),
+says when it has handed out a whole fetch (``on_handed_out``, for
+:mod:`stream._take`), leaves the offset gaps to the worker's guard (``_add_gap``),
+and fetches again as soon as a full stream buffer drains (``_wait_next_records``);
+everything else is faust's aiokafka transport.
 """
 
 from __future__ import annotations
