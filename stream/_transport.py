@@ -110,7 +110,8 @@ class _Consumer(_faust_aiokafka.Consumer):
 
     async def _wait_next_records(self, timeout: float) -> tuple[Any, Any]:
         """faust's, but a fetch made while some stream buffers are full comes back
-        as soon as one of them drains, not after the whole ``timeout`` (1 s).
+        within ``BUFFERED_POLL``, or, with no partition left to fetch, as soon as a
+        buffer drains; not after the whole ``timeout`` (1 s).
 
         faust stops fetching a partition whose stream buffer is full, and fetches it
         again once the buffer has drained, at the next fetch. A drain fetches more

@@ -353,8 +353,8 @@ class Runtime:
 # the cyclic collector's thresholds in a worker: a young collection every 50,000 net
 # allocations, not 700. With Python's, a 163k-record drain spent 0.9 s of its 11 s in
 # the collector, 0.4 s of it in ten full passes of about 40 ms each (the events held
-# until their flush live long enough to be promoted, and their release triggers full
-# passes); with these, 0.3 s and no full pass. A young pass takes about 25 ms then.
+# until their flush outlive young passes and are promoted, and so many promotions set
+# off full passes); with these, 0.3 s and no full pass. A young pass takes about 25 ms.
 GC_THRESHOLDS = (50_000, 10, 10)
 COMMIT_EVERY = 1 << 62  # records between count-based commits: never (see build_app)
 FLUSH_SLICE = 128  # states written between two micro-batches (about 10 ms)
