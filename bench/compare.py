@@ -10,7 +10,6 @@ no-op agent's (the order of the configurations rotates between runs).
 from __future__ import annotations
 
 import argparse
-import os
 import statistics
 import sys
 import tempfile
@@ -19,16 +18,13 @@ from pathlib import Path
 
 from bench.run import _machine
 from bench.stream import (
-    ROOT,
-    _consume_rate,
     _drain,
     _free_port,
-    _noop_span,
-    _worker,
+    _noop_drain,
     train_champion,
 )
 from simulator import SimConfig, write_parquet
-from stream import Broker, load_replay, replay, stop_group
+from stream import Broker, load_replay, replay
 
 FAUST_NOOP = "no-op, stock faust"
 
@@ -79,26 +75,9 @@ def main() -> int:
                 with Broker(_free_port(), log=work / f"broker-{name}{run}.log") as broker:
                     bootstrap = broker.url.removeprefix("kafka://")
                     replay(bootstrap, "bank.events", frame)
-                    flags = ["--stock-faust"] if name == FAUST_NOOP else []
-                    own = work / f"noop{'-faust' if flags else ''}{run}"  # its data, work.json
-                    proc = _worker(
-                        [
-                            sys.executable,
-                            "-m",
-                            "bench.noop_worker",
-                            broker.url,
-                            str(own),
-                            *flags,
-                        ],
-                        {**os.environ, "PYTHONPATH": str(ROOT)},
-                        work / f"{own.name}.log",
-                    )
-                    try:
-                        rates[name].append(
-                            _consume_rate(bootstrap, "noop-bench", total, _noop_span(own))
-                        )
-                    finally:
-                        stop_group(proc)
+                    faust = name == FAUST_NOOP
+                    own = work / f"noop{'-faust' if faust else ''}{run}"  # its data, work.json
+                    rates[name].append(_noop_drain(broker, own, total, stock=faust))
             print(f"run {run + 1}: {name} {rates[name][-1]:,.0f}/s", file=sys.stderr)
     noop = statistics.median(rates["no-op"])
     stock = statistics.median(rates[FAUST_NOOP]) if args.faust_noop else None

@@ -111,6 +111,23 @@ def _noop_span(datadir: Path) -> Span:
     return span
 
 
+def _noop_drain(broker: Broker, own: Path, total: int, stock: bool = False) -> float:
+    """Records/s at which a ``bench.noop_worker`` (data directory ``own``, its log
+    beside it) drains the ``total`` records ``broker`` holds; ``stock``: reading as
+    faust 0.15.3 does."""
+    proc = _worker(
+        [sys.executable, "-m", "bench.noop_worker", broker.url, str(own)]
+        + (["--stock-faust"] if stock else []),
+        {**os.environ, "PYTHONPATH": str(ROOT)},
+        own.with_name(f"{own.name}.log"),
+    )
+    try:
+        bootstrap = broker.url.removeprefix("kafka://")
+        return _consume_rate(bootstrap, "noop-bench", total, _noop_span(own))
+    finally:
+        stop_group(proc)
+
+
 def _worker(cmd: list[str], env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
     with log.open("wb") as out:
         return subprocess.Popen(
@@ -289,17 +306,7 @@ def main() -> int:
         with Broker(_free_port(), log=work / f"broker{run}.log") as broker:
             bootstrap = broker.url.removeprefix("kafka://")
             replay(bootstrap, "bank.events", frame)  # live: every customer is scored
-            noop = _worker(
-                [sys.executable, "-m", "bench.noop_worker", broker.url, str(work / f"noop{run}")],
-                {**os.environ, "PYTHONPATH": str(ROOT)},
-                work / f"noop{run}.log",
-            )
-            try:
-                noops.append(
-                    _consume_rate(bootstrap, "noop-bench", total, _noop_span(work / f"noop{run}"))
-                )
-            finally:
-                stop_group(noop)
+            noops.append(_noop_drain(broker, work / f"noop{run}", total))
             pipe, web = _pipeline_worker(broker, work, f"worker{run}")
             try:
                 pipes.append(_consume_rate(bootstrap, "churn-engine", total, _worker_span(web)))
