@@ -35,7 +35,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-__all__ = ["DirectEvent", "Gap", "OffsetGuard", "mark_acked"]
+__all__ = ["DirectEvent", "Gap", "OffsetGuard", "ack_held", "hold", "mark_acked"]
 
 logger = logging.getLogger(__name__)
 
@@ -254,3 +254,54 @@ def mark_acked(consumer: Any, tp: Any, offsets: Iterable[int]) -> None:
             if (committed is None or offset >= committed) and offset not in index:
                 index.add(offset)
                 acked.append(offset)
+
+
+def hold(messages: Iterable[Any]) -> None:
+    """One more reference on each of faust's ``messages``: the stream's own
+    acknowledgement then leaves them unacknowledged, for :func:`ack_held` (faust's
+    ``incref`` for each, under its lock once)."""
+    from faust.types.tuples import ack_lock
+
+    with ack_lock:
+        for message in messages:
+            message.refcount += 1
+
+
+def ack_held(consumer: Any, messages: Iterable[Any]) -> int:
+    """Drop the reference :func:`hold` took on each of ``messages``, and acknowledge
+    those left with none, as faust's ``Message.ack`` and ``Consumer.ack`` do one
+    message at a time: the same bookkeeping (the acknowledged offsets, their count,
+    the messages awaited at shutdown), under faust's lock once, and those waiting
+    for an acknowledgement woken once. The number acknowledged."""
+    from faust.types.tuples import ack_lock
+    from mode.utils.futures import notify
+
+    done = 0
+    enabled: dict[str, bool] = {}
+    unacked = consumer._unacked_messages
+    with ack_lock:
+        for message in messages:
+            if message.acked:
+                continue
+            refcount = message.refcount = max(message.refcount - 1, 0)
+            if refcount:
+                continue
+            message.acked = True
+            topic = message.topic
+            acks = enabled.get(topic)
+            if acks is None:
+                acks = enabled[topic] = consumer.app.topics.acks_enabled_for(topic)
+            if not acks:
+                continue
+            tp, offset = message.tp, message.offset
+            committed = consumer._committed_offset[tp]
+            if committed is None or offset >= committed:
+                index = consumer._acked_index[tp]
+                if offset not in index:
+                    unacked.discard(message)
+                    index.add(offset)
+                    consumer._acked[tp].append(offset)
+                    consumer._n_acked += 1
+                    done += 1
+    notify(consumer._waiting_for_ack)
+    return done

@@ -62,7 +62,7 @@ from monitoring import (
 )
 from serving import LiveModel, RulePolicy, champion_version, load_live_model, score_batch
 from serving._policy import AlertMemory, load_policy
-from stream._offsets import DirectEvent, Gap, OffsetGuard, mark_acked
+from stream._offsets import DirectEvent, Gap, OffsetGuard, ack_held, hold, mark_acked
 from stream._take import PacedStream
 
 __all__ = ["BACKFILL_HEADER", "Runtime", "WorkerConfig", "build_app", "run_worker"]
@@ -125,7 +125,7 @@ class WriteBehind:
     states: dict[bytes, tuple[CustomerState, Any]] = field(default_factory=dict)
     due: dict[bytes, tuple[CustomerState, Any]] = field(default_factory=dict)  # to score
     memories: dict[bytes, tuple[AlertMemory, Any]] = field(default_factory=dict)
-    held: list[Any] = field(default_factory=list)  # faust events, acknowledged at the flush
+    held: list[Any] = field(default_factory=list)  # faust messages, acknowledged at the flush
     held_gaps: list[tuple[Any, Any]] = field(default_factory=list)  # (tp, offsets) read directly
     since: float | None = None  # monotonic time of the oldest pending change
     generation: Any = None
@@ -571,8 +571,7 @@ def build_app(cfg: WorkerConfig, policy: RulePolicy | None = None) -> tuple[Any,
         consumer: Any = app.consumer
         for key, (memory, ev) in written.memories.items():
             await store(memory_table, key, memory.to_bytes(), ev)
-        for ev in written.held:
-            ev.message.ack(consumer)
+        ack_held(consumer, written.held)
         for tp, offsets in written.held_gaps:
             mark_acked(consumer, tp, offsets)
         runtime.observe("churn_state_bytes", sizes)
@@ -713,10 +712,10 @@ def build_app(cfg: WorkerConfig, policy: RulePolicy | None = None) -> tuple[Any,
             wb.states[key] = (state, source[key])
             if state.max_t is not None and state.max_t > (runtime.last_event_us or 0):
                 runtime.last_event_us = state.max_t
-        for ev in batch:  # acknowledged at the flush (faust's own ack leaves one reference)
-            if not isinstance(ev, DirectEvent):
-                ev.message.incref()
-                wb.held.append(ev)
+        # acknowledged at the flush (faust's own ack leaves the reference held here)
+        messages = [ev.message for ev in batch if not isinstance(ev, DirectEvent)]
+        hold(messages)
+        wb.held += messages
         if wb.since is None:
             wb.since = time.monotonic()
         if to_score and runtime.behind and cfg.flush_seconds > 0:

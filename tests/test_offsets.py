@@ -8,19 +8,22 @@ acknowledged, faust's own commit computation moves past them.
 from __future__ import annotations
 
 import asyncio
+import uuid
 from collections import defaultdict
 from collections.abc import Iterator
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
+import faust
 import pytest
 from faust.transport.consumer import Consumer
 from faust.types import TP
+from faust.types.tuples import ConsumerMessage
 from intervaltree import IntervalTree
 
 from stream import Broker
-from stream._offsets import Gap, OffsetGuard, mark_acked
+from stream._offsets import Gap, OffsetGuard, ack_held, hold, mark_acked
 from stream._replay import ensure_topics
 from tests.conftest import free_port
 
@@ -220,3 +223,69 @@ def test_recovery_reads_a_changelog_partition_to_its_true_end(broker: Broker) ->
             await consumer.stop()
 
     assert asyncio.run(run()) == {tps[0]: 7, tps[1]: 0}
+
+
+def _held_messages(way: str) -> tuple[Any, list[Any]]:
+    """A real faust consumer and the messages of a few micro-batches as the worker
+    holds them, then acknowledged at its flush ``way``: "faust" (each message's own
+    ``ack``, as the worker did) or "batch" (:func:`ack_held`). The messages cover every
+    branch of faust's ack: an offset already committed, one delivered twice, one still
+    referenced elsewhere, one already acknowledged, a topic without acknowledgements."""
+    app = faust.App(f"acks-{uuid.uuid4().hex}", broker="kafka://127.0.0.1:1")
+    consumer = app.consumer
+    app.topics._acking_topics.add(TOPIC)
+    consumer._committed_offset[TP(TOPIC, 0)] = 3  # offsets 0-2 of partition 0: committed
+    messages = [
+        ConsumerMessage(topic, p, o, 0.0, 0, [], b"k", b"v", None)
+        for topic, p, o in [
+            *((TOPIC, p, o) for p in (0, 1) for o in range(12)),
+            (TOPIC, 1, 5),  # delivered twice (a redelivery after a seek)
+            ("no.acks", 0, 0),
+        ]
+    ]
+    for message in messages:
+        consumer.track_message(message)
+        message.incref()  # faust's, when it hands the message to the stream
+    if way == "batch":
+        hold(messages)
+    else:
+        for message in messages:
+            message.incref()
+    messages[7].incref()  # another reference: still held after the flush
+    messages[9].ack(consumer)  # acknowledged early
+    for message in messages:
+        message.ack(consumer)  # the stream's own acknowledgement after the micro-batch
+    assert consumer._n_acked == 1  # held until the flush, but the one acknowledged early
+
+    async def flush() -> None:
+        consumer._waiting_for_ack = asyncio.get_running_loop().create_future()
+        if way == "batch":
+            ack_held(consumer, messages)
+        else:
+            for message in messages:
+                message.ack(consumer)
+        assert consumer._waiting_for_ack.done()  # woken, as faust's own ack does
+
+    asyncio.run(flush())
+    consumer._thread.thread_loop.close()  # its thread (never started) owns a loop
+    return consumer, messages
+
+
+def test_held_messages_acknowledged_in_one_pass_as_faust_acknowledges_each() -> None:
+    """The flush acknowledges its held messages in one pass under faust's lock; the
+    consumer's bookkeeping (what its commits and its shutdown read) and each message
+    end as they do with faust's ``Message.ack`` per message."""
+    ours, batch = _held_messages("batch")
+    faust_consumer, each = _held_messages("faust")
+    for attribute in ("_acked", "_acked_index"):
+        assert dict(getattr(ours, attribute)) == dict(getattr(faust_consumer, attribute))
+    assert ours._n_acked == faust_consumer._n_acked == 2 * 12 - 3 - 1  # committed; held
+    assert sorted(m.offset + 100 * m.partition for m in ours._unacked_messages) == sorted(
+        m.offset + 100 * m.partition for m in faust_consumer._unacked_messages
+    )
+    assert [(m.acked, m.refcount) for m in batch] == [(m.acked, m.refcount) for m in each]
+    assert not batch[7].acked
+    assert batch[7].refcount == 1
+    # partition 0 commits up to the message still held; partition 1, all of it
+    assert Consumer._new_offset(ours, TP(TOPIC, 0)) == 7  # type: ignore[arg-type]
+    assert Consumer._new_offset(ours, TP(TOPIC, 1)) == 12  # type: ignore[arg-type]
