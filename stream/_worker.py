@@ -656,7 +656,9 @@ def build_app(cfg: WorkerConfig, policy: RulePolicy | None = None) -> tuple[Any,
         to_score: dict[bytes, CustomerState] = {}
         for ev in batch:
             msg = ev.message
-            raw = ev.value if isinstance(ev.value, bytes) else bytes(ev.value or b"")
+            raw = ev.value
+            if type(raw) is not bytes:
+                raw = bytes(raw or b"")
             counts["consumed"] += 1
             try:
                 event = decode(raw)
@@ -665,7 +667,7 @@ def build_app(cfg: WorkerConfig, policy: RulePolicy | None = None) -> tuple[Any,
                 await dlq.send(key=msg.key, value=dead_letter(exc.reason, str(exc), raw, msg))
                 continue
             key = event.customer_id.encode()
-            if msg.key is not None and bytes(msg.key) != key:
+            if msg.key is not None and msg.key != key:
                 dead["key_mismatch"] += 1
                 detail = f"message key {msg.key!r} is not the customer id {event.customer_id!r}"
                 await dlq.send(key=key, value=dead_letter("key_mismatch", detail, raw, msg))
@@ -687,7 +689,7 @@ def build_app(cfg: WorkerConfig, policy: RulePolicy | None = None) -> tuple[Any,
                 await dlq.send(key=key, value=dead_letter("too_late", detail, raw, msg))
                 continue
             counts[outcome] += 1
-            live = not _is_backfill(msg)
+            live = not msg.headers or not _is_backfill(msg)  # most records have none
             if (
                 live
                 and outcome == "applied"
