@@ -636,6 +636,7 @@ def worker_config(settings: Settings, data_dir: Path, web_port: int | None = Non
         cache_size=settings.state_cache,
         flush_seconds=settings.flush_seconds,
         catchup_seconds=settings.catchup_seconds,
+        catchup_flush_seconds=settings.catchup_flush_seconds,
         fetch_wait_ms=settings.fetch_wait_ms,
         monitoring=settings.monitoring,
         drift_window_days=settings.drift_window_days,

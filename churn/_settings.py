@@ -68,6 +68,13 @@ class Settings(BaseSettings):
         description="a worker whose events are older than this when read is behind: it "
         "scores each touched customer once per flush, not once per micro-batch (0: never)",
     )
+    catchup_flush_seconds: float = Field(
+        3.0,
+        ge=0,
+        le=60,
+        description="how often a worker that is behind writes its changed states (so "
+        "scores its customers); flush_seconds if that is longer",
+    )
     state_cache: int = Field(
         5000, ge=0, le=10_000_000, description="decoded customer states kept in worker memory"
     )

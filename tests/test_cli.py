@@ -119,3 +119,23 @@ def test_policy_show_prints_a_valid_policy_and_check_names_bad_fields(
     err = capsys.readouterr().err
     assert "rules[0].severity='urgent'" in err
     assert "critical, high, medium or low" in err
+
+
+def test_a_worker_behind_writes_its_states_at_the_catch_up_interval(tmp_path: Path) -> None:
+    """The worker's flush interval from the settings: ``CHURN_FLUSH_SECONDS`` while it
+    keeps up, ``CHURN_CATCHUP_FLUSH_SECONDS`` while it is behind (never shorter), and
+    every micro-batch with a flush interval of 0."""
+    from churn._cli import worker_config
+
+    def interval(behind: bool, **environ: str) -> float:
+        cfg = worker_config(Settings.from_environ(environ), tmp_path)
+        return cfg.flush_interval(behind)
+
+    assert interval(False) == 1.0
+    assert interval(True) == 3.0
+    assert interval(True, CHURN_CATCHUP_FLUSH_SECONDS="5") == 5.0
+    assert interval(True, CHURN_FLUSH_SECONDS="4") == 4.0
+    assert interval(False, CHURN_CATCHUP_FLUSH_SECONDS="5") == 1.0
+    assert interval(True, CHURN_FLUSH_SECONDS="0") == 0.0
+    with pytest.raises(ConfigError, match="CHURN_CATCHUP_FLUSH_SECONDS"):
+        Settings.from_environ({"CHURN_CATCHUP_FLUSH_SECONDS": "-1"})
