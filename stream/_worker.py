@@ -132,7 +132,7 @@ class WriteBehind:
     once, at their newest event, just before the flush writes their states, so an
     event's score still goes out before its offset is committed. Its flushes then come
     every ``catchup_flush_seconds`` (3 s): a backlog's customers are scored and written
-    a third as often, and a crash while catching up replays at most that much more.
+    a third as often, and a crash while catching up replays up to 3 s of events, not 1.
     """
 
     states: dict[bytes, tuple[CustomerState, Any]] = field(default_factory=dict)
@@ -379,8 +379,8 @@ def _log_failure(task: asyncio.Future[None]) -> None:
 
 
 def _is_backfill(message: Any) -> bool:
-    """Whether the record carries ``churn-backfill: 1`` (checked for every record: no
-    dict of its headers built)."""
+    """Whether the record carries ``churn-backfill: 1`` (no dict of its headers built;
+    the worker asks only for records that have headers: live ones have none)."""
     raw = getattr(message, "headers", None)
     if not raw:
         return False
