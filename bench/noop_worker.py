@@ -10,12 +10,12 @@ faust agent. Both keep the rest of the worker's transport: the short fetch wait 
 dev broker needs, and end offsets read from the data. After each batch it writes
 ``work.json`` in its data directory: records seen, the wall-clock start of its first
 batch and the end of its latest (the span a throughput benchmark divides by). Its
-cyclic collector is set as the worker's (``GC_THRESHOLDS``, imports frozen).
+process settings are the worker's (``stream._worker.settle_process``: the cyclic
+collector's thresholds, imports frozen, numeric thread pools at one thread).
 """
 
 from __future__ import annotations
 
-import gc
 import json
 import os
 import sys
@@ -29,7 +29,7 @@ from faust.worker import Worker
 
 from stream import _transport
 from stream._take import PacedStream
-from stream._worker import GC_THRESHOLDS
+from stream._worker import settle_process
 
 STOCK = "churnkafkafaust"
 
@@ -79,8 +79,7 @@ def main() -> None:
             report.with_suffix(".tmp").write_text(json.dumps(work))
             os.replace(report.with_suffix(".tmp"), report)
 
-    gc.freeze()
-    gc.set_threshold(*GC_THRESHOLDS)  # the worker's collector settings (stream._worker)
+    settle_process()  # the worker's process settings: collector, one numeric thread
     Worker(app, loglevel="warn", redirect_stdouts=False).execute_from_commandline()
 
 

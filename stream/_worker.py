@@ -373,6 +373,41 @@ COMMIT_EVERY = 1 << 62  # records between count-based commits: never (see build_
 FLUSH_SLICE = 128  # states written between two micro-batches (about 10 ms)
 
 
+def settle_process() -> list[str]:
+    """The worker's process settings, set once its modules are imported (the no-op
+    benchmark agent sets the same). Returns the thread pools held to one thread.
+
+    - What is imported so far is frozen: out of the cyclic collector's full passes.
+    - The collector's thresholds are ``GC_THRESHOLDS``.
+    - The numeric libraries' thread pools (OpenBLAS, OpenMP) use one thread. A worker
+      is one event loop on one core, and scales by partitions and more workers. With
+      OpenBLAS's default (a thread per core), each small matrix product of the
+      features woke a helper thread that then spun waiting for more work: 10-13 s of
+      CPU a minute on a 2-core machine at 2,000 records/s, taken from the loop, the
+      broker and the producers (2026-11-25, 13:08-13:18). The libraries a model
+      loads (LightGBM's OpenMP, scipy's OpenBLAS) are imported first, so that their
+      pools are held too.
+    """
+    from threadpoolctl import threadpool_limits
+
+    import training._bundle  # noqa: F401  (the model's libraries: their pools are held too)
+
+    gc.freeze()
+    gc.set_threshold(*GC_THRESHOLDS)
+    threadpool_limits(limits=1)
+    return thread_pools()
+
+
+def thread_pools() -> list[str]:
+    """The numeric libraries' thread pools loaded in this process, with their sizes."""
+    from threadpoolctl import threadpool_info
+
+    return [
+        f"{lib['internal_api']} {Path(lib['filepath']).name}: {lib['num_threads']}"
+        for lib in threadpool_info()
+    ]
+
+
 def _log_failure(task: asyncio.Future[None]) -> None:
     if not task.cancelled() and task.exception() is not None:
         logger.error("write-behind flush failed", exc_info=task.exception())
@@ -883,6 +918,7 @@ def build_app(cfg: WorkerConfig, policy: RulePolicy | None = None) -> tuple[Any,
     @app.task  # type: ignore[untyped-decorator]
     async def first_model() -> None:
         await runtime.refresh_model()
+        logger.info("numeric thread pools (threads): %s", "; ".join(thread_pools()) or "none")
 
     @app.timer(interval=cfg.model_poll_seconds)  # type: ignore[untyped-decorator]
     async def watch_model() -> None:
@@ -943,7 +979,6 @@ def run_worker(cfg: WorkerConfig, loglevel: str = "info") -> None:
     from faust.worker import Worker
 
     app, _ = build_app(cfg)
-    gc.freeze()  # what is imported so far stays: out of the collector's full passes
-    gc.set_threshold(*GC_THRESHOLDS)
+    settle_process()
     level = {"warning": "warn", "debug": "debug", "error": "error"}.get(loglevel, "info")
     Worker(app, loglevel=level, redirect_stdouts=False).execute_from_commandline()
