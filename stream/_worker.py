@@ -375,16 +375,17 @@ FLUSH_SLICE = 128  # states written between two micro-batches (about 10 ms)
 
 def settle_process() -> list[str]:
     """The worker's process settings, set once its modules are imported (the no-op
-    benchmark agent sets the same). Returns the thread pools held to one thread.
+    benchmark agent sets the same). Returns the thread pools and their sizes, as
+    :func:`thread_pools` gives them.
 
     - What is imported so far is frozen: out of the cyclic collector's full passes.
     - The collector's thresholds are ``GC_THRESHOLDS``.
     - The numeric libraries' thread pools (OpenBLAS, OpenMP) use one thread. A worker
       is one event loop on one core, and scales by partitions and more workers. With
       OpenBLAS's default (a thread per core), each small matrix product of the
-      features woke a helper thread that then spun waiting for more work: 10-13 s of
+      features woke a helper thread that then spun waiting for more work: 8-13 s of
       CPU a minute on a 2-core machine at 2,000 records/s, taken from the loop, the
-      broker and the producers (2026-11-25, 13:08-13:18). The libraries a model
+      broker and the producers (2026-11-25, 13:08-14:10; BENCHMARKS.md). The libraries a model
       loads (LightGBM's OpenMP, scipy's OpenBLAS) are imported first, so that their
       pools are held too.
     """
