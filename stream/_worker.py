@@ -373,10 +373,9 @@ COMMIT_EVERY = 1 << 62  # records between count-based commits: never (see build_
 FLUSH_SLICE = 128  # states written between two micro-batches (about 10 ms)
 
 
-def settle_process() -> list[str]:
+def settle_process() -> None:
     """The worker's process settings, set once its modules are imported (the no-op
-    benchmark agent sets the same). Returns the thread pools and their sizes, as
-    :func:`thread_pools` gives them.
+    benchmark agent sets the same).
 
     - What is imported so far is frozen: out of the cyclic collector's full passes.
     - The collector's thresholds are ``GC_THRESHOLDS``.
@@ -385,9 +384,10 @@ def settle_process() -> list[str]:
       OpenBLAS's default (a thread per core), each small matrix product of the
       features woke a helper thread that then spun waiting for more work: 8-13 s of
       CPU a minute on a 2-core machine at 2,000 records/s, taken from the loop, the
-      broker and the producers (2026-11-25, 13:08-14:10; BENCHMARKS.md). The libraries a model
-      loads (LightGBM's OpenMP, scipy's OpenBLAS) are imported first, so that their
-      pools are held too.
+      broker and the producers (2026-11-25, 13:08-14:10; BENCHMARKS.md). The
+      libraries a model loads (LightGBM's OpenMP, scipy's OpenBLAS) are imported
+      first, so that their pools are held too; the worker logs the pools once its
+      model is loaded (:func:`thread_pools`).
     """
     from threadpoolctl import threadpool_limits
 
@@ -396,7 +396,6 @@ def settle_process() -> list[str]:
     gc.freeze()
     gc.set_threshold(*GC_THRESHOLDS)
     threadpool_limits(limits=1)
-    return thread_pools()
 
 
 def thread_pools() -> list[str]:

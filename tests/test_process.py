@@ -15,8 +15,9 @@ import numpy as np
 from threadpoolctl import threadpool_info
 import stream._worker as w
 before = {l["filepath"]: (l["internal_api"], l["num_threads"]) for l in threadpool_info()}
-pools = w.settle_process()
+w.settle_process()
 import training._bundle  # as loading a model does
+pools = w.thread_pools()
 after = {l["filepath"]: (l["internal_api"], l["num_threads"]) for l in threadpool_info()}
 a = np.arange(680 * 29, dtype=np.float64).reshape(680, 29)
 print(json.dumps({"before": before, "after": after, "pools": pools,
