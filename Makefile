@@ -9,9 +9,13 @@ DATA ?= data
 DEMO_CUSTOMERS ?= 20000
 DEMO_MONTHS ?= 24
 
-.PHONY: install demo test lint bench bench-stream bench-training bench-import bench-monitoring bench-flush bench-latency schema clean
+.PHONY: install native demo test lint bench bench-stream bench-training bench-import bench-monitoring bench-flush bench-latency schema clean
 
-install: $(STAMP)
+install: native
+
+# the compiled fold (features/_fold.c): rebuilt when its source changes
+native: $(STAMP)
+	$(PY) -m features._build
 
 $(STAMP): pyproject.toml requirements.lock
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -20,7 +24,7 @@ $(STAMP): pyproject.toml requirements.lock
 	$(UV) pip install -q --python $(PY) --no-deps -e .
 	touch $(STAMP)
 
-demo: $(STAMP)
+demo: native
 	$(VENV)/bin/churn demo --customers $(DEMO_CUSTOMERS) --months $(DEMO_MONTHS) --data-dir $(DATA)
 
 # real components of the end-to-end tests, from Debian: Chromium and ChromeDriver (the
@@ -33,7 +37,7 @@ $(SYSTEM_STAMP):
 	    chromium chromium-driver prometheus >/dev/null)
 	mkdir -p $(VENV) && touch $(SYSTEM_STAMP)
 
-test: lint $(SYSTEM_STAMP)
+test: lint native $(SYSTEM_STAMP)
 	$(PY) -m pytest -q
 
 lint: $(STAMP)
@@ -41,30 +45,30 @@ lint: $(STAMP)
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/mypy
 
-bench: $(STAMP)
+bench: native
 	$(PY) -m bench.run --out BENCHMARKS.md
 
 # sections appended to BENCHMARKS.md by hand from these (they print Markdown)
-bench-stream: $(STAMP)
+bench-stream: native
 	$(PY) -m bench.stream --customers 600 --runs 3
 
-bench-monitoring: $(STAMP)
+bench-monitoring: native
 	$(PY) -m bench.stream --customers 600 --runs 3 --overhead
 
-bench-flush: $(STAMP)
+bench-flush: native
 	$(PY) -m bench.compare --runs 3 --faust-noop --config default: --config catchup-off:CHURN_CATCHUP_SECONDS=0
 
-bench-latency: $(STAMP)
+bench-latency: native
 	$(PY) -m bench.stream --customers 600 --runs 0 --memory-customers 0 --paired --latency-runs 3
 
-bench-import: $(STAMP)
+bench-import: native
 	$(PY) -m bench.importer --rows 10000000
 
-bench-training: $(STAMP)
+bench-training: native
 	$(PY) -m bench.training $(TRAIN_SET)
 
 schema: $(STAMP)
 	$(VENV)/bin/churn schema --out docs/events.schema.json
 
 clean:
-	rm -rf $(VENV) $(DATA) .mypy_cache .ruff_cache .pytest_cache
+	rm -rf $(VENV) $(DATA) .mypy_cache .ruff_cache .pytest_cache features/_fold*.so

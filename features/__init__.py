@@ -29,7 +29,15 @@ from features._mapping import ImportMapping, load_mapping
 from features._offline import clean_log, offline_aggregates, offline_features, scan_log
 from features._parallel import ordered_map
 from features._parity import ParityReport, check_parity
-from features._state import STATE_VERSION, CustomerState, event_hash, to_bytes_many, to_us
+from features._state import (
+    FOLD_COMPILED,
+    STATE_VERSION,
+    CustomerState,
+    event_hash,
+    fold_event,
+    to_bytes_many,
+    to_us,
+)
 from features._trainset import TrainingSet, build_training_set, snapshot_dates
 from features.errors import (
     ChurnEngineError,
@@ -45,6 +53,7 @@ __all__ = [
     "CHURN_DEFINITIONS",
     "FEATURES",
     "FEATURES_BY_NAME",
+    "FOLD_COMPILED",
     "REJECT_REASONS",
     "SIGNALS",
     "STATE_VERSION",
@@ -72,6 +81,7 @@ __all__ = [
     "feature_availability",
     "feature_fingerprint",
     "finalize",
+    "fold_event",
     "import_events",
     "label_snapshots",
     "load_mapping",

@@ -69,7 +69,7 @@ from features._definitions import (
 from features.errors import ChurnEngineError, DataError
 from features.events import EVENT_TYPES, MERCHANT_CATEGORIES, PRODUCT_TYPES, SEGMENTS, Event
 
-__all__ = ["STATE_VERSION", "CustomerState", "event_hash", "to_us"]
+__all__ = ["FOLD_COMPILED", "STATE_VERSION", "CustomerState", "event_hash", "fold_event", "to_us"]
 
 STATE_VERSION: Final = 3  # 3: zstd, records in 8 byte planes per column
 EPOCH: Final = datetime(1970, 1, 1, tzinfo=UTC)
@@ -324,7 +324,16 @@ class CustomerState:
 
     # ------------------------------------------------------------------ folding
     def apply(self, ev: Event) -> Outcome:
-        """Fold one event in. Idempotent: the same event twice changes nothing."""
+        """Fold one event in. Idempotent: the same event twice changes nothing.
+
+        The compiled fold (``features/_fold.c``, when built) does the common case;
+        what it hands over, and everything when it is not built, is
+        :meth:`apply_python`'s.
+        """
+        return fold_event(self, ev)
+
+    def apply_python(self, ev: Event) -> Outcome:
+        """The fold, in Python: the definition the compiled one follows."""
         if ev.customer_id != self.customer_id:
             raise ChurnEngineError(
                 f"event {ev.event_id} of customer {ev.customer_id} applied to {self.customer_id}"
@@ -665,6 +674,26 @@ class CustomerState:
         for ev in events:
             state.apply(ev)
         return state
+
+
+def _fold_python(state: CustomerState, ev: Event) -> Outcome:
+    return state.apply_python(ev)
+
+
+def _compiled_fold() -> Callable[[CustomerState, Event], Outcome] | None:
+    try:
+        from features import _fold
+    except ImportError:
+        return None
+    outcomes: tuple[Outcome, ...] = ("applied", "duplicate", "too_late")
+    _fold.configure(_PLANS, _EPOCHS, _ENTITY_CLASSES, DAY_US, LONGEST_WINDOW, outcomes)
+    return cast(Callable[[CustomerState, Event], Outcome], _fold.fold_event)
+
+
+_COMPILED: Final = _compiled_fold()
+#: folds one event into a state: the compiled fold when it is built, else the Python one
+fold_event: Final = _COMPILED or _fold_python
+FOLD_COMPILED: Final = _COMPILED is not None
 
 
 class _Times:
