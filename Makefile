@@ -15,7 +15,7 @@ install: native
 
 # the compiled fold (features/_fold.c): rebuilt when its source changes
 native: $(STAMP)
-	$(PY) -m features._build
+	$(PY) -m features._build || echo "warning: the compiled fold is not built: everything folds in Python (slower)" >&2
 
 $(STAMP): pyproject.toml requirements.lock
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)

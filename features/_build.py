@@ -2,9 +2,10 @@
 
 ``python -m features._build`` compiles it with the C compiler Python was built with
 (``make install`` runs it). It rebuilds only when the source is newer than the
-library, and fails with the compiler's message when the compiler fails: a machine
-without one can still run everything, folding in Python (slower; the worker says so
-at start).
+library, and exits with the compiler's message and status 1 when the compiler
+fails. ``make`` goes on then: a machine without a compiler runs everything, folding
+in Python (slower; the worker says so at start), and ``make test`` fails on the one
+test that asks for the compiled fold.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ def build(force: bool = False) -> Path:
     out = target()
     if not force and out.exists() and out.stat().st_mtime >= SOURCE.stat().st_mtime:
         return out
+    out.unlink(missing_ok=True)  # a failed build leaves no stale library behind
     cc = shlex.split(str(sysconfig.get_config_var("CC") or "cc"))
     command = [
         *cc,
@@ -35,7 +37,6 @@ def build(force: bool = False) -> Path:
         "-fPIC",
         "-shared",
         "-Wall",
-        "-Werror",
         f"-I{sysconfig.get_paths()['include']}",
         str(SOURCE),
         "-o",

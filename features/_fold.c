@@ -68,7 +68,7 @@ static int get_ll(PyObject *obj, PyObject *name, long long *out) {
 static PyObject *fast(PyObject *state, PyObject *ev) {
     PyObject *result = NULL, *when = NULL, *delta = NULL, *a = NULL, *b = NULL;
     PyObject *key = NULL, *record = NULL, *records = NULL, *packed = NULL;
-    PyObject *life = NULL, *t_obj = NULL;
+    PyObject *life = NULL, *t_obj = NULL, *plan = NULL, *fed = NULL;
     PyObject *type = (PyObject *)Py_TYPE(ev);
     long long v[6];
 
@@ -88,7 +88,9 @@ static PyObject *fast(PyObject *state, PyObject *ev) {
     if (when == NULL || !PyDateTime_Check(when)) goto python;
     PyObject *epoch = PyDict_GetItemWithError(g_epochs, PyDateTime_DATE_GET_TZINFO(when));
     if (epoch == NULL) goto python;
+    Py_INCREF(epoch); /* held: a zone's utcoffset may run Python code */
     delta = PyNumber_Subtract(when, epoch);
+    Py_DECREF(epoch);
     if (delta == NULL || !PyDelta_Check(delta)) goto python;
     long long t = ((long long)PyDateTime_DELTA_GET_DAYS(delta) * 86400LL +
                    PyDateTime_DELTA_GET_SECONDS(delta)) * 1000000LL +
@@ -101,7 +103,7 @@ static PyObject *fast(PyObject *state, PyObject *ev) {
     }
 
     /* what the event feeds: its plan, and the plan's cache (filled by Python) */
-    PyObject *plan = PyDict_GetItemWithError(g_plans, type);
+    plan = Py_XNewRef(PyDict_GetItemWithError(g_plans, type)); /* held, as fed below */
     if (plan == NULL || !PyTuple_Check(plan) || PyTuple_GET_SIZE(plan) != 3) goto python;
     long shape = PyLong_AsLong(PyTuple_GET_ITEM(plan, 0));
     PyObject *key_of = PyTuple_GET_ITEM(plan, 1);
@@ -109,11 +111,17 @@ static PyObject *fast(PyObject *state, PyObject *ev) {
     if (shape == -1 && PyErr_Occurred()) goto python;
     key = key_of == Py_None ? Py_NewRef(Py_None) : PyObject_CallOneArg(key_of, ev);
     if (key == NULL) goto python;
-    PyObject *fed = PyDict_GetItemWithError(cache, key);
+    fed = Py_XNewRef(PyDict_GetItemWithError(cache, key));
     if (fed == NULL || !PyTuple_Check(fed) || PyTuple_GET_SIZE(fed) != 3) goto python;
     PyObject *mask = PyTuple_GET_ITEM(fed, 0), *aux = PyTuple_GET_ITEM(fed, 1);
     PyObject *life_feeds = PyTuple_GET_ITEM(fed, 2);
     if (!PyTuple_Check(life_feeds)) goto python;
+    for (Py_ssize_t j = 0; j < PyTuple_GET_SIZE(life_feeds); j++) { /* (signal, column) */
+        PyObject *feed = PyTuple_GET_ITEM(life_feeds, j);
+        if (!PyTuple_Check(feed) || PyTuple_GET_SIZE(feed) != 2) goto python;
+        long column = PyLong_AsLong(PyTuple_GET_ITEM(feed, 1));
+        if (PyErr_Occurred() || column < -2 || column > 5) goto python;
+    }
 
     a = PyObject_GetAttr(ev, n_event_id);
     if (a == NULL || !PyUnicode_Check(a)) goto python;
@@ -259,7 +267,12 @@ made:
             int set = PyObject_SetAttr(state, n_floor, f);
             Py_DECREF(f);
             if (set < 0) goto done;
-            PyObject *oldest = PyTuple_GET_ITEM(PyList_GET_ITEM(records, 0), 0);
+            PyObject *first_record = PyList_GET_ITEM(records, 0);
+            if (!PyTuple_Check(first_record) || PyTuple_GET_SIZE(first_record) != 6) {
+                PyErr_SetString(PyExc_TypeError, "a record is not a tuple of six");
+                goto done;
+            }
+            PyObject *oldest = PyTuple_GET_ITEM(first_record, 0);
             long long oldest_t = PyLong_AsLongLong(oldest);
             if (oldest_t == -1 && PyErr_Occurred()) goto done;
             if (oldest_t < floor_new) {
@@ -287,6 +300,8 @@ done:
     Py_XDECREF(records);
     Py_XDECREF(packed);
     Py_XDECREF(life);
+    Py_XDECREF(plan);
+    Py_XDECREF(fed);
     return result;
 }
 
