@@ -676,10 +676,6 @@ class CustomerState:
         return state
 
 
-def _fold_python(state: CustomerState, ev: Event) -> Outcome:
-    return state.apply_python(ev)
-
-
 def _compiled_fold() -> Callable[[CustomerState, Event], Outcome] | None:
     try:
         from features import _fold
@@ -692,7 +688,7 @@ def _compiled_fold() -> Callable[[CustomerState, Event], Outcome] | None:
 
 _COMPILED: Final = _compiled_fold()
 #: folds one event into a state: the compiled fold when it is built, else the Python one
-fold_event: Final = _COMPILED or _fold_python
+fold_event: Final = _COMPILED or CustomerState.apply_python
 FOLD_COMPILED: Final = _COMPILED is not None
 
 
